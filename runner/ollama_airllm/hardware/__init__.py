@@ -1,0 +1,1 @@
+"""Hardware detection: AMD GPUs from sysfs (KFD topology + DRM), system RAM and disk, ROCm tool fallbacks."""
