@@ -4,6 +4,7 @@ OAR_APT_PACKAGES=(
   makepkg pacman-package-manager libarchive-tools fakeroot zstd
   shellcheck systemd systemd-container debootstrap iproute2 git curl jq
   cmake ninja-build build-essential
+  python3-build python3-installer python3-setuptools python3-wheel
 )
 oar_missing=()
 for p in "${OAR_APT_PACKAGES[@]}"; do

@@ -1,0 +1,1 @@
+"""Render the Arch package (PKGBUILD, .SRCINFO, .install, systemd units, env and sysusers/tmpfiles files)."""

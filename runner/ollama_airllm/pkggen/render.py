@@ -1,0 +1,285 @@
+"""Render the package files for a profile: PKGBUILD, .SRCINFO, .install, units, env, sysusers and tmpfiles.
+
+`render_package` returns the files as text; `write_package` writes them atomically into a directory together
+with this project's own tree (runner/, packaging/, ...), which the PKGBUILD's prepare() copies from beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from .. import __version__
+from ..errors import UserError
+from ..profile import Profile, packaging_dir
+from . import sources
+from .srcinfo import srcinfo
+from .templating import UnsafeValue, environment
+
+PKGNAME = "ollama-airllm-rocm"
+VARIANTS = ("full", "runner-only")
+
+# Files rendered from packaging/templates/<name>.j2 that the PKGBUILD lists as local sources.
+AUX_FILES = (
+    "ollama.service",
+    "ollama-airllm@.service",
+    "ollama.sysusers",
+    "ollama.tmpfiles",
+    "ollama.env",
+    "airllm-runner.in",
+    "ollama-airllm.in",
+)
+PATCH = "airllm.patch"
+INSTALL = f"{PKGNAME}.install"
+# This project's files the PKGBUILD's prepare() copies from the directory that holds it.
+TREE = ("pyproject.toml", "README.md", "runner", "packaging", "tests/pkg")
+_TREE_SKIP = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc", ".pytest_cache", ".hypothesis")
+
+# Arch package names from the official repositories (reference: arch-package-names.md).
+_PY_RUNTIME = (
+    "python", "python-click", "python-rich", "python-jinja", "python-yaml", "python-pydantic",
+)  # fmt: skip
+_PY_HEAVY = (
+    "python-pytorch-rocm", "python-numpy", "python-safetensors", "python-huggingface-hub>=1:1.31.0",
+    "python-fastapi", "uvicorn", "python-psutil", "python-pytest-testinfra", "python-scipy",
+    "python-sentencepiece", "python-tqdm", "python-packaging", "python-regex", "python-requests",
+    "python-filelock", "python-typer", "python-typing_extensions", "python-triton",
+)  # fmt: skip
+_FULL_DEPENDS = (
+    "glibc",
+    "libgcc",
+    "libstdc++",
+    "hip-runtime-amd",
+    "hipblas",
+    "rocblas",
+    *_PY_RUNTIME,
+    *_PY_HEAVY,
+)
+_FULL_MAKEDEPENDS = (
+    "cmake", "ninja", "git", "go", "rocm-toolchain", "hipblas", "rust", "python-build", "python-installer",
+    "python-wheel", "python-setuptools", "python-setuptools-scm", "python-poetry-core", "python-maturin",
+    "python-scikit-build-core", "cython",
+)  # fmt: skip
+_RUNNER_ONLY_MAKEDEPENDS = ("python-build", "python-installer", "python-wheel", "python-setuptools")
+
+
+class RenderError(UserError):
+    """The package cannot be rendered (a missing file, or a value a template refused)."""
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    text: str
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class _Source:
+    entry: str
+    sha256: str
+
+
+def render_package(
+    profile: Profile, variant: str = "full", root: Path | None = None
+) -> dict[str, RenderedFile]:
+    """All generated files, by name. `root` is the project tree (default: the one holding packaging/)."""
+    if variant not in VARIANTS:
+        raise RenderError(f"variant {variant!r}: allowed: {', '.join(VARIANTS)}")
+    pkg_dir = packaging_dir()
+    root = root if root is not None else pkg_dir.parent
+    env = environment(pkg_dir / "templates")
+    full = variant == "full"
+    ctx = _context(profile, variant)
+    files = {name: RenderedFile(_render(env, f"{name}.j2", ctx)) for name in AUX_FILES}
+
+    texts = {name: f.text.encode() for name, f in files.items()}
+    patch = root / PATCH
+    try:
+        texts[PATCH] = patch.read_bytes()
+    except OSError as exc:
+        raise RenderError(f"cannot read {patch}: {exc.strerror or exc}") from None
+    local = [PATCH, *AUX_FILES]
+    srcs = _remote_sources() if full else []
+    srcs += [_Source(name, hashlib.sha256(texts[name]).hexdigest()) for name in local]
+    noextract = [p.filename for p in sources.PRIVATE_PYTHON if p.wheel] if full else []
+    pkg = {
+        "pkgdesc": _pkgdesc(profile, variant),
+        "license": ["MIT", "Apache-2.0"] if full else ["Apache-2.0"],
+        "depends": list(_FULL_DEPENDS if full else _PY_RUNTIME),
+        "makedepends": list(_FULL_MAKEDEPENDS if full else _RUNNER_ONLY_MAKEDEPENDS),
+        "checkdepends": ["python-pytest", "python-hypothesis"] if full else [],
+        "provides": [f"ollama={sources.OLLAMA_VERSION}", f"ollama-rocm={sources.OLLAMA_VERSION}"]
+        if full
+        else [],
+        "conflicts": ["ollama", "ollama-rocm"] if full else [],
+        "options": ["!lto"] if full else [],
+        "sources": srcs,
+        "noextract": noextract,
+    }
+    pkgbuild = _render(env, "PKGBUILD.j2", {**ctx, **pkg})
+    files["PKGBUILD"] = RenderedFile(pkgbuild)
+    files[INSTALL] = RenderedFile(_render(env, "install.j2", ctx))
+    files[".SRCINFO"] = RenderedFile(
+        srcinfo(
+            PKGNAME,
+            {
+                "pkgdesc": pkg["pkgdesc"],
+                "pkgver": ctx["pkgver"],
+                "pkgrel": "1",
+                "url": "https://github.com/ollama/ollama",
+                "install": INSTALL,
+                "arch": ["x86_64"] if full else ["any"],
+                "license": pkg["license"],
+                "checkdepends": pkg["checkdepends"],
+                "makedepends": pkg["makedepends"],
+                "depends": pkg["depends"],
+                "provides": pkg["provides"],
+                "conflicts": pkg["conflicts"],
+                "noextract": noextract,
+                "options": pkg["options"],
+                "backup": ["etc/default/ollama"],
+                "source": [s.entry for s in srcs],
+                "sha256sums": [s.sha256 for s in srcs],
+            },
+        )
+    )
+    for name in ("airllm-runner.in", "ollama-airllm.in"):
+        files[name] = RenderedFile(files[name].text, 0o755)
+    return files
+
+
+def write_package(files: dict[str, RenderedFile], out_dir: Path, root: Path | None = None) -> Path:
+    """Write `files` and this project's tree into `out_dir`; a new directory appears complete or not at all.
+
+    Into an existing directory each file is replaced atomically. The project tree is not copied when `out_dir`
+    is the project itself (rendering the committed top-level files).
+    """
+    root = (root if root is not None else packaging_dir().parent).resolve()
+    out_dir = out_dir.absolute()
+    tree = [] if out_dir.resolve() == root or not (root / "pyproject.toml").is_file() else list(TREE)
+    if not out_dir.exists():
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            _fill(tmp, files, root, tree)
+            tmp.chmod(0o755)
+            tmp.rename(out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out_dir
+    if not out_dir.is_dir():
+        raise RenderError(f"{out_dir} exists and is not a directory")
+    _fill(out_dir, files, root, tree)
+    return out_dir
+
+
+def _fill(out_dir: Path, files: dict[str, RenderedFile], root: Path, tree: list[str]) -> None:
+    for name, rendered in files.items():
+        _write_atomic(out_dir / name, rendered.text.encode(), rendered.mode)
+    if tree and not (out_dir / PATCH).exists():
+        _write_atomic(out_dir / PATCH, (root / PATCH).read_bytes(), 0o644)
+    for rel in tree:
+        src, dst = root / rel, out_dir / rel
+        if not src.exists():
+            continue
+        if src.is_dir():
+            staged = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=_mkparent(dst)))
+            shutil.copytree(src, staged / "t", ignore=_TREE_SKIP, symlinks=True)
+            old = staged / "old"
+            if dst.exists():
+                dst.rename(old)
+            (staged / "t").rename(dst)
+            shutil.rmtree(staged)
+        else:
+            _write_atomic(dst, src.read_bytes(), stat.S_IMODE(src.stat().st_mode))
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=_mkparent(path))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _render(env: jinja2.Environment, template: str, ctx: dict[str, object]) -> str:
+    try:
+        return env.get_template(template).render(ctx)
+    except UnsafeValue as exc:
+        raise RenderError(f"{template}: {exc}") from None
+    except jinja2.TemplateNotFound:
+        raise RenderError(f"template {template} not found in {packaging_dir() / 'templates'}") from None
+
+
+def _context(profile: Profile, variant: str) -> dict[str, object]:
+    by_name = {p.name: p for p in sources.PRIVATE_PYTHON}
+    return {
+        "profile": profile,
+        "pins": profile.pins,
+        "variant": variant,
+        "full": variant == "full",
+        "pkgver": sources.OLLAMA_VERSION,
+        "oar_version": __version__,
+        "targets_text": ", ".join(profile.amdgpu_targets),
+        "python_by_name": by_name,
+        "private_sdists": [p for p in sources.PRIVATE_PYTHON if not p.wheel],
+        "igpu": any(gpu.integrated for gpu in profile.visible_gpus),
+        "extra_rw_paths": _extra_rw_paths(profile),
+        "data_dirs": _data_dirs(profile),
+    }
+
+
+def _data_dirs(profile: Profile) -> list[str]:
+    """Directories tmpfiles.d creates besides /var/lib/ollama."""
+    out: list[str] = []
+    for path in (profile.ollama.models_dir, profile.airllm.cache_dir):
+        if path != "/var/lib/ollama" and path not in out:
+            out.append(path)
+    return out
+
+
+def _extra_rw_paths(profile: Profile) -> list[str]:
+    """Writable directories outside the unit's StateDirectory (/var/lib/ollama)."""
+    paths = [profile.ollama.models_dir, profile.airllm.cache_dir]
+    out: list[str] = []
+    for path in paths:
+        if path != "/var/lib/ollama" and not path.startswith("/var/lib/ollama/") and path not in out:
+            out.append(path)
+    return out
+
+
+def _pkgdesc(profile: Profile, variant: str) -> str:
+    if variant != "full":
+        return "Ollama AirLLM runner, units and package generator (CI variant: Ollama/HIP not built)"
+    return (
+        f"Ollama {sources.OLLAMA_VERSION} with ROCm for {', '.join(profile.amdgpu_targets)} "
+        "and an AirLLM layer-streaming runner for models larger than VRAM"
+    )
+
+
+def _remote_sources() -> list[_Source]:
+    out = [
+        _Source(f"ollama::git+https://github.com/ollama/ollama.git#commit={sources.OLLAMA_COMMIT}", "SKIP"),
+        _Source(
+            f"llama.cpp::git+https://github.com/ggml-org/llama.cpp.git#tag={sources.LLAMA_CPP_TAG}", "SKIP"
+        ),
+    ]
+    out += [_Source(p.url, p.sha256) for p in sources.PRIVATE_PYTHON]
+    return out
