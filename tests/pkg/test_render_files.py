@@ -67,7 +67,7 @@ def test_pkgbuild_pins_and_targets(default_files):
     )
     assert "llama.cpp.git#tag=b10488" in pkgbuild
     assert "provides=(ollama=0.32.15 ollama-rocm=0.32.15)" in pkgbuild
-    assert "backup=(etc/default/ollama)" in pkgbuild
+    assert "backup=(etc/default/ollama etc/ollama-airllm/profile.yaml)" in pkgbuild
     for src in PRIVATE_PYTHON:
         assert re.fullmatch(r"[0-9a-f]{64}", src.sha256), src.name
         assert f"  {src.sha256}\n" in pkgbuild

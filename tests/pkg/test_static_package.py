@@ -168,6 +168,7 @@ def test_runner_only_variant_builds_with_real_makepkg(shared_tmp):
     listing = subprocess.run(["bsdtar", "-tf", package], capture_output=True, text=True, check=True).stdout
     for path in (
         "usr/bin/ollama-airllm", "usr/lib/ollama/airllm-runner", "etc/default/ollama",
+        "etc/ollama-airllm/profile.yaml",
         "usr/lib/systemd/system/ollama.service", "usr/lib/systemd/system/ollama-airllm@.service",
         "usr/lib/sysusers.d/ollama.conf", "usr/lib/tmpfiles.d/ollama.conf",
         "usr/share/ollama-airllm/packaging/profiles/rx7900xtx.yaml",

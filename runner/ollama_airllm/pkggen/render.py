@@ -18,7 +18,7 @@ import jinja2
 
 from .. import __version__
 from ..errors import UserError
-from ..profile import Profile, packaging_dir
+from ..profile import Profile, packaging_dir, profile_to_yaml
 from . import sources
 from .srcinfo import srcinfo
 from .templating import UnsafeValue, environment
@@ -38,6 +38,9 @@ AUX_FILES = (
 )
 PATCH = "airllm.patch"
 INSTALL = f"{PKGNAME}.install"
+# The profile the package was rendered from, installed as /etc/ollama-airllm/profile.yaml for the doctor.
+PROFILE = "profile.yaml"
+BACKUP = ("etc/default/ollama", "etc/ollama-airllm/profile.yaml")
 # This project's files the PKGBUILD's prepare() copies from the directory that holds it.
 TREE = ("pyproject.toml", "README.md", "runner", "packaging", "tests/pkg")
 _TREE_SKIP = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc", ".pytest_cache", ".hypothesis")
@@ -98,6 +101,12 @@ def render_package(
     full = variant == "full"
     ctx = _context(profile, variant)
     files = {name: RenderedFile(_render(env, f"{name}.j2", ctx)) for name in AUX_FILES}
+    files[PROFILE] = RenderedFile(
+        profile_to_yaml(
+            profile,
+            header="The hardware profile this package was rendered from (ollama-airllm doctor reads it).",
+        )
+    )
 
     texts = {name: f.text.encode() for name, f in files.items()}
     patch = root / PATCH
@@ -105,7 +114,7 @@ def render_package(
         texts[PATCH] = patch.read_bytes()
     except OSError as exc:
         raise RenderError(f"cannot read {patch}: {exc.strerror or exc}") from None
-    local = [PATCH, *AUX_FILES]
+    local = [PATCH, *AUX_FILES, PROFILE]
     srcs = _remote_sources() if full else []
     srcs += [_Source(name, hashlib.sha256(texts[name]).hexdigest()) for name in local]
     noextract = [p.filename for p in sources.PRIVATE_PYTHON if p.wheel] if full else []
@@ -121,6 +130,7 @@ def render_package(
         "conflicts": ["ollama", "ollama-rocm"] if full else [],
         "options": ["!lto"] if full else [],
         "sources": srcs,
+        "backup": list(BACKUP),
         "noextract": noextract,
     }
     pkgbuild = _render(env, "PKGBUILD.j2", {**ctx, **pkg})
@@ -144,7 +154,7 @@ def render_package(
                 "conflicts": pkg["conflicts"],
                 "noextract": noextract,
                 "options": pkg["options"],
-                "backup": ["etc/default/ollama"],
+                "backup": list(BACKUP),
                 "source": [s.entry for s in srcs],
                 "sha256sums": [s.sha256 for s in srcs],
             },
