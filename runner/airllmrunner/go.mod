@@ -1,0 +1,3 @@
+module github.com/ollama/ollama/airllmrunner
+
+go 1.26

@@ -1,0 +1,105 @@
+"""The Go decision package and its Python mirror agree on many generated inputs, not only the vectors."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from ollama_airllm import fit
+
+GO_PACKAGE = Path(__file__).resolve().parents[2] / "runner" / "airllmrunner"
+GiB, MiB = 2**30, 2**20
+
+BOOLS = ["1", "0", "t", "f", "TRUE", "false", "True", "yes", "no", "on", "off", "2", "-1", "tRUE", ""]
+NUMBERS = [
+    "0",
+    "1",
+    str(2 * GiB),
+    "18446744073709551615",
+    "18446744073709551616",
+    "-5",
+    "+5",
+    "1e9",
+    "0x10",
+    "1_000",
+    "١٢",
+    "1GiB",
+    " 7 ",
+    "",
+]
+PATHS = ["/usr/lib/ollama/airllm-runner", "/opt//x/../runner/", "//double", "/", "runner", "./r", "~/r", ""]
+WRAPS = ["{}", " {} ", '"{}"', "'{}'", "\t{}\n", "\u3000{}\u00a0", "\"' {} '\"", "\u200b{}"]
+
+
+def _env(rng: random.Random) -> dict[str, str]:
+    pools = {
+        fit.ENV_FORCE: BOOLS,
+        fit.ENV_ENABLE: BOOLS,
+        fit.ENV_GPU_OVERHEAD: NUMBERS,
+        fit.ENV_RUNNER: PATHS,
+    }
+    return {
+        key: rng.choice(WRAPS).format(rng.choice(pool)) for key, pool in pools.items() if rng.random() < 0.5
+    }
+
+
+def _size(rng: random.Random) -> int:
+    return rng.choice([0, 1, 457 * MiB, rng.randrange(64 * GiB), rng.randrange(2**64), 2**64 - 1])
+
+
+def _cases(n: int, seed: int = 5) -> list[dict]:
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(n):
+        gpus = [
+            {"free_bytes": _size(rng), "minimum_bytes": rng.choice([0, 457 * MiB, 512 * MiB, _size(rng)])}
+            for _ in range(rng.choice([0, 1, 1, 2, 3]))
+        ]
+        case = {
+            "input": {"model_bytes": _size(rng), "gpus": gpus, "num_gpu": rng.choice([-1, -1, -1, 0, 7])},
+            "env": _env(rng),
+        }
+        if rng.random() < 0.2:
+            case["runner_error"] = "stat x: no such file or directory"
+        cases.append(case)
+    return cases
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="go is not installed")
+def test_go_and_python_agree(tmp_path):
+    cases = _cases(600)
+    (tmp_path / "in.json").write_text(json.dumps(cases))
+    env = {
+        **os.environ,
+        "AIRLLM_DECIDE_IN": str(tmp_path / "in.json"),
+        "AIRLLM_DECIDE_OUT": str(tmp_path / "out.json"),
+    }
+    result = subprocess.run(
+        ["go", "test", "-count=1", "-run", "^TestDecideFile$", "."],
+        cwd=GO_PACKAGE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    go_decisions = json.loads((tmp_path / "out.json").read_text())
+    assert len(go_decisions) == len(cases)
+    for case, go in zip(cases, go_decisions, strict=True):
+        inp = case["input"]
+        gpus = tuple(fit.GPU(**g) for g in inp["gpus"])
+        py = fit.decide(fit.FitInput(inp["model_bytes"], gpus, inp["num_gpu"]), case["env"])
+        py = py.with_runner_check(case.get("runner_error"))
+        got = {
+            "airllm": py.airllm,
+            "forced": py.forced,
+            "runner": py.runner,
+            "reason": py.reason,
+            "warnings": list(py.warnings),
+        }
+        assert got == {**go, "warnings": go["warnings"] or []}, case
