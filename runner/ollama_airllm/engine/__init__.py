@@ -1,0 +1,28 @@
+"""Layer-streaming inference engine: runs GGUF files (or HF checkpoints via airllm) larger than the device.
+
+    from ollama_airllm.engine import Engine, EngineConfig, SamplingParams
+    eng = Engine.load("/var/lib/ollama/blobs/sha256-...", EngineConfig(device="auto", n_ctx=8192, n_slots=2))
+    ids = eng.tokenizer.encode("Hello", add_special=True, parse_special=True)
+    res = eng.generate(0, ids, SamplingParams(temperature=0, n_predict=32), on_token=print)
+
+The API is described in /work/notes/engine-api.md and the README's engine section.
+"""
+
+from .config import EngineConfig
+from .engine import Constraint, ContextLengthError, Engine, EngineInfo, GenerationResult
+from .gguf_file import ModelFileError
+from .sampling import SamplingParams, TokenProbs
+from .tokenizer import Tokenizer
+
+__all__ = [
+    "Constraint",
+    "ContextLengthError",
+    "Engine",
+    "EngineConfig",
+    "EngineInfo",
+    "GenerationResult",
+    "ModelFileError",
+    "SamplingParams",
+    "TokenProbs",
+    "Tokenizer",
+]

@@ -1,0 +1,175 @@
+"""The llama-family forward pass (llama, mistral, qwen2, qwen3) over streamed weights (torch.nn.functional).
+
+The same matmuls as transformers' modeling code: RMSNorm in float32, rotate-half RoPE, SDPA attention with
+grouped KV heads, SwiGLU MLP. GGUF's Q/K rotary permutation (llama) is undone on the projected activations
+(q/k rows are permuted, so the output columns come out interleaved; one reshape-transpose per head
+restores HF order), which costs no weight copy and keeps F32 weights usable in place from the mapped file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+from .gguf_file import ModelSpec
+from .weights import WeightStore
+
+
+class Cancelled(Exception):
+    """should_stop() returned True between two layers."""
+
+
+@dataclass
+class KVCache:
+    """One sequence's keys and values: [n_layer, n_head_kv, n_ctx, head_dim] each."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @classmethod
+    def allocate(cls, spec: ModelSpec, n_ctx: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        shape = (spec.n_layer, spec.n_head_kv, n_ctx, spec.head_dim)
+        return cls(
+            torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+        )
+
+    @property
+    def n_ctx(self) -> int:
+        return self.k.shape[2]
+
+    @staticmethod
+    def bytes_for(spec: ModelSpec, n_ctx: int, dtype: torch.dtype) -> int:
+        item = torch.empty((), dtype=dtype).element_size()
+        return 2 * spec.n_layer * spec.n_head_kv * n_ctx * spec.head_dim * item
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm: normalize in float32, then scale in the input dtype."""
+    dt = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return w.to(dt) * h.to(dt)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Transformer:
+    """Runs the layers of one model over a WeightStore."""
+
+    def __init__(self, spec: ModelSpec, store: WeightStore, max_ctx: int, n_batch: int) -> None:
+        self.spec = spec
+        self.store = store
+        self.n_batch = n_batch
+        dev, dt = store.device, store.dtype
+        hd = spec.head_dim
+        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+        inv_freq = inv_freq / spec.rope_linear_factor
+        if (
+            store.rope_freqs is not None
+        ):  # Llama 3.1+: per-dimension frequency factors (llama.cpp freq_factors)
+            inv_freq = inv_freq / store.rope_freqs
+        freqs = torch.arange(max_ctx, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos = emb.cos().to(dev, dt)
+        self.sin = emb.sin().to(dev, dt)
+
+    def forward(
+        self,
+        cache: KVCache | None,
+        tokens: list[int],
+        start: int,
+        want: str = "last",
+        should_stop: Callable[[], bool] | None = None,
+    ) -> torch.Tensor:
+        """Run `tokens` at positions start.. through every layer, writing their K/V into `cache`.
+
+        want: "last" -> logits of the last token [n_vocab]; "all" -> logits [T, n_vocab];
+        "hidden" -> final normalized hidden states [T, n_embd]. Raises Cancelled between layers.
+        cache None: attention only within `tokens` (a temporary cache is used).
+        """
+        spec, store = self.spec, self.store
+        if cache is None:
+            cache = KVCache.allocate(spec, start + len(tokens), store.device, store.dtype)
+        with torch.inference_mode():
+            x = store.embed(tokens)
+            for i in range(spec.n_layer):
+                if should_stop is not None and should_stop():
+                    raise Cancelled
+                w = store.get(i)
+                try:
+                    store.prefetch(store.next_streamed(i))
+                    for c0 in range(0, len(tokens), self.n_batch):
+                        if c0 and should_stop is not None and should_stop():
+                            raise Cancelled  # long prompts: also between chunks of one layer
+                        c1 = min(c0 + self.n_batch, len(tokens))
+                        x[c0:c1] = self._layer(w, x[c0:c1], cache, i, start + c0)
+                finally:
+                    del w
+                    store.done(i)  # after the layer's kernels are queued (CUDA: frees its staging slot)
+            if should_stop is not None and should_stop():
+                raise Cancelled
+            head = spec.n_layer
+            w = store.get(head)
+            try:
+                store.prefetch(store.next_streamed(head))  # the next pass's first streamed layer
+                return self._head(w, x[-1:] if want == "last" else x, want)
+            finally:
+                del w
+                store.done(head)
+
+    def _head(self, w: dict[str, torch.Tensor], x: torch.Tensor, want: str) -> torch.Tensor:
+        h = rms_norm(x, w["output_norm.weight"], self.spec.rms_eps)
+        if want == "hidden":
+            return h.float()
+        out = torch.cat(
+            [
+                F.linear(h[a : a + self.n_batch], w["output.weight"]).float()
+                for a in range(0, h.shape[0], self.n_batch)
+            ]
+        )
+        return out[0] if want == "last" else out
+
+    def _layer(
+        self, w: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache, i: int, pos: int
+    ) -> torch.Tensor:
+        spec = self.spec
+        T, nh, nkv, hd = x.shape[0], spec.n_head, spec.n_head_kv, spec.head_dim
+        h = rms_norm(x, w["attn_norm.weight"], spec.rms_eps)
+        q = F.linear(h, w["attn_q.weight"], w.get("attn_q.bias")).view(T, nh, hd)
+        k = F.linear(h, w["attn_k.weight"], w.get("attn_k.bias")).view(T, nkv, hd)
+        v = F.linear(h, w["attn_v.weight"], w.get("attn_v.bias")).view(T, nkv, hd)
+        if spec.rope_permuted:  # GGUF rows (pairs interleaved) -> HF rows (rotate-half halves)
+            q = q.view(T, nh, hd // 2, 2).transpose(-1, -2).reshape(T, nh, hd)
+            k = k.view(T, nkv, hd // 2, 2).transpose(-1, -2).reshape(T, nkv, hd)
+        if "attn_q_norm.weight" in w:
+            q = rms_norm(q, w["attn_q_norm.weight"], spec.rms_eps)
+            k = rms_norm(k, w["attn_k_norm.weight"], spec.rms_eps)
+        cos, sin = self.cos[pos : pos + T, None, :], self.sin[pos : pos + T, None, :]
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        cache.k[i, :, pos : pos + T] = k.transpose(0, 1)
+        cache.v[i, :, pos : pos + T] = v.transpose(0, 1)
+        keys, values = cache.k[i, :, : pos + T], cache.v[i, :, : pos + T]
+        # chunk at offset pos attends to every cached key up to its own position: a lower-right causal mask
+        mask = causal_lower_right(T, pos + T) if T > 1 and pos > 0 else None
+        o = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None],
+            keys[None],
+            values[None],
+            attn_mask=mask,
+            is_causal=T > 1 and pos == 0,
+            enable_gqa=nkv != nh,
+        )
+        o = o[0].transpose(0, 1).reshape(T, nh * hd)
+        x = x + F.linear(o, w["attn_output.weight"])
+        h = rms_norm(x, w["ffn_norm.weight"], spec.rms_eps)
+        return x + F.linear(
+            F.silu(F.linear(h, w["ffn_gate.weight"])) * F.linear(h, w["ffn_up.weight"]), w["ffn_down.weight"]
+        )
