@@ -1,0 +1,250 @@
+"""The /completion request fields, read with llama-server's rules (tools/server/server-schema.cpp).
+
+A null value means "use the default". Numbers outside a *hard* range are rejected with
+`Field 'NAME': Value must be between ...`; soft ranges are clamped. Wrong JSON types are rejected
+with `Field 'NAME': type must be number, but is string` (nlohmann's wording), all as 400.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..engine import SamplingParams
+from .errors import ApiError, json_type
+
+INT32_MAX = 2**31 - 1
+FLT_MAX = 3.4028234663852886e38
+
+
+@dataclass
+class CompletionOptions:
+    """A request's sampling parameters plus the server-side options around them."""
+
+    sampling: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+    cache_prompt: bool = True
+    return_tokens: bool = False
+    timings_per_token: bool = False
+    post_sampling_probs: bool = False
+    n_keep: int = 0
+    n_cmpl: int = 1
+    id_slot: int = -1
+    grammar: str | None = None
+    json_schema: object | None = None
+    response_fields: list[str] = field(default_factory=list)
+
+
+# name(s), kind, (low, high), hard, attribute on SamplingParams ("" = on CompletionOptions)
+_NUM_FIELDS = [
+    (("n_predict", "max_completion_tokens", "max_tokens"), int, (-1, INT32_MAX), True, "n_predict"),
+    (("n_keep",), int, (-1, INT32_MAX), True, ":n_keep"),
+    (("n_cmpl", "n"), int, (1, None), True, ":n_cmpl"),
+    (("id_slot",), int, (-1, INT32_MAX), False, ":id_slot"),
+    (("top_k",), int, (0, INT32_MAX), False, "top_k"),
+    (("top_p",), float, (0.0, 1.0), False, "top_p"),
+    (("min_p",), float, (0.0, 1.0), False, "min_p"),
+    (("typical_p",), float, (-FLT_MAX, FLT_MAX), False, "typical_p"),
+    (("temperature",), float, (0.0, math.inf), False, "temperature"),
+    (("repeat_last_n",), int, (0, INT32_MAX), True, "repeat_last_n"),
+    (("repeat_penalty",), float, (-FLT_MAX, FLT_MAX), False, "repeat_penalty"),
+    (("frequency_penalty",), float, (-FLT_MAX, FLT_MAX), False, "frequency_penalty"),
+    (("presence_penalty",), float, (-FLT_MAX, FLT_MAX), False, "presence_penalty"),
+    (("seed",), int, (-(2**63), 2**64), False, "seed"),
+    (("n_probs", "logprobs"), int, (-(2**31), INT32_MAX), False, "n_probs"),
+    (("min_keep",), int, (0, INT32_MAX), True, "min_keep"),
+]
+# accepted with llama-server's type rules, no effect here (DRY, XTC, mirostat, ...)
+_NUM_ACCEPTED = [
+    ("sse_ping_interval", int),
+    ("n_indent", int),
+    ("n_discard", int),
+    ("n_cache_reuse", int),
+    ("t_max_predict_ms", int),
+    ("top_n_sigma", float),
+    ("xtc_probability", float),
+    ("xtc_threshold", float),
+    ("dynatemp_range", float),
+    ("dynatemp_exponent", float),
+    ("dry_multiplier", float),
+    ("dry_base", float),
+    ("dry_allowed_length", int),
+    ("dry_penalty_last_n", int),
+    ("mirostat", int),
+    ("mirostat_tau", float),
+    ("mirostat_eta", float),
+    ("adaptive_target", float),
+    ("adaptive_decay", float),
+    ("reasoning_budget_tokens", int),
+]
+_BOOL_FIELDS = [
+    ("stream", ":stream"),
+    ("cache_prompt", ":cache_prompt"),
+    ("return_tokens", ":return_tokens"),
+    ("timings_per_token", ":timings_per_token"),
+    ("post_sampling_probs", ":post_sampling_probs"),
+    ("ignore_eos", "ignore_eos"),
+    ("verbose", ""),
+    ("return_progress", ""),
+    ("backend_sampling", ""),
+    ("grammar_lazy", ""),
+    ("parse_tool_calls", ""),
+    ("echo", ""),
+    ("reasoning_control", ""),
+]
+
+
+def _num(name: str, v, kind):
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ApiError(f"Field '{name}': type must be number, but is {json_type(v)}")
+    if kind is int:
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise ApiError(f"Field '{name}': value must be a finite number, but got {v}")
+            v = int(v)
+        return v
+    return float(v)
+
+
+def _present(data: dict, names) -> tuple[str, object] | None:
+    for n in names:
+        if data.get(n) is not None:
+            return n, data[n]
+    return None
+
+
+def parse_completion(data: dict, defaults: SamplingParams, n_parallel: int) -> CompletionOptions:
+    """CompletionOptions from a /completion body (already known to be a JSON object)."""
+    s = SamplingParams(**{k: getattr(defaults, k) for k in defaults.__dataclass_fields__})
+    s.stop = list(defaults.stop)
+    opts = CompletionOptions(sampling=s)
+    for names, kind, (low, high), hard, attr in _NUM_FIELDS:
+        hit = _present(data, names)
+        if hit is None:
+            continue
+        name, v = hit
+        v = _num(name, v, kind)
+        if names[0] == "n_cmpl":
+            high = n_parallel
+        if hard and (v < low or (high is not None and v > high)):
+            raise ApiError(f"Field '{name}': Value must be between {low} <= value <= {high}, but got {v}")
+        if not hard:
+            v = max(low, v) if high is None else min(max(low, v), high)
+        target = opts if attr.startswith(":") else s
+        setattr(target, attr.lstrip(":"), v)
+    for name, kind in _NUM_ACCEPTED:
+        if data.get(name) is not None:
+            _num(name, data[name], kind)
+    for name, attr in _BOOL_FIELDS:
+        v = data.get(name)
+        if v is None:
+            continue
+        if not isinstance(v, bool):
+            raise ApiError(f"Field '{name}': type must be boolean, but is {json_type(v)}")
+        if attr:
+            setattr(opts if attr.startswith(":") else s, attr.lstrip(":"), v)
+    so = data.get("stream_options")
+    if isinstance(so, dict) and so.get("include_usage") is not None:
+        if not isinstance(so["include_usage"], bool):
+            raise ApiError(
+                f"Field 'include_usage': type must be boolean, but is {json_type(so['include_usage'])}"
+            )
+        opts.include_usage = so["include_usage"]
+    if data.get("stop") is not None:
+        stop = data["stop"]
+        if isinstance(stop, str):
+            s.stop = [stop]
+        elif isinstance(stop, list):
+            if not all(isinstance(w, str) for w in stop):
+                raise ApiError(
+                    "Field 'stop': type must be string, but is "
+                    + json_type(next(w for w in stop if not isinstance(w, str)))
+                )
+            s.stop = [w for w in stop if w] or list(defaults.stop)
+    if data.get("json_schema") is not None and data.get("grammar") is None:
+        schema = data["json_schema"]
+        if not isinstance(schema, dict | bool):
+            raise ApiError(
+                f"Field 'json_schema': \"json_schema\": schema must be an object, but is {json_type(schema)}"
+            )
+        opts.json_schema = schema
+    elif data.get("grammar") is not None:
+        g = data["grammar"]
+        if not isinstance(g, str):
+            raise ApiError(f"Field 'grammar': type must be string, but is {json_type(g)}")
+        opts.grammar = g or None
+    rf = data.get("response_fields")
+    if rf is not None:
+        if not isinstance(rf, list) or not all(isinstance(x, str) for x in rf):
+            raise ApiError("Field 'response_fields': must be an array of strings")
+        opts.response_fields = rf
+    if s.seed is not None and s.seed < 0:
+        s.seed = -1
+    return opts
+
+
+def generation_settings(opts: CompletionOptions, model: str, n_ctx: int) -> dict:
+    """llama-server's `generation_settings` object (task_params::to_json), with this request's values."""
+    s = opts.sampling
+    return {
+        "seed": s.seed if s.seed is not None and s.seed >= 0 else 0xFFFFFFFF,
+        "temperature": s.temperature,
+        "dynatemp_range": 0.0,
+        "dynatemp_exponent": 1.0,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+        "min_p": s.min_p,
+        "top_n_sigma": -1.0,
+        "xtc_probability": 0.0,
+        "xtc_threshold": 0.1,
+        "typical_p": s.typical_p,
+        "repeat_last_n": s.repeat_last_n,
+        "repeat_penalty": s.repeat_penalty,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        "dry_multiplier": 0.0,
+        "dry_base": 1.75,
+        "dry_allowed_length": 2,
+        "dry_penalty_last_n": n_ctx,
+        "dry_sequence_breakers": ["\n", ":", '"', "*"],
+        "mirostat": 0,
+        "mirostat_tau": 5.0,
+        "mirostat_eta": 0.1,
+        "adaptive_target": -1.0,
+        "adaptive_decay": 0.9,
+        "stop": list(s.stop),
+        "max_tokens": s.n_predict,
+        "n_predict": s.n_predict,
+        "n_keep": opts.n_keep,
+        "n_discard": 0,
+        "ignore_eos": s.ignore_eos,
+        "stream": opts.stream,
+        "logit_bias": [],
+        "n_probs": s.n_probs,
+        "min_keep": s.min_keep,
+        "grammar": opts.grammar or "",
+        "grammar_lazy": False,
+        "grammar_triggers": [],
+        "preserved_tokens": [],
+        "chat_format": "Content-only",
+        "reasoning_format": "deepseek",
+        "reasoning_in_content": False,
+        "generation_prompt": "",
+        "samplers": [
+            "penalties",
+            "dry",
+            "top_n_sigma",
+            "top_k",
+            "typ_p",
+            "top_p",
+            "min_p",
+            "xtc",
+            "temperature",
+        ],
+        "speculative.types": "none",
+        "timings_per_token": opts.timings_per_token,
+        "post_sampling_probs": opts.post_sampling_probs,
+        "backend_sampling": False,
+        "lora": [],
+    }
