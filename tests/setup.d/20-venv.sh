@@ -15,7 +15,7 @@ if [[ ! -e "$oar_stamp" ]]; then
   "$OAR_VENV/bin/pip" install -q --disable-pip-version-check -c "$REPO_ROOT/tests/constraints.txt" \
     "torch==$OAR_TORCH"
   "$OAR_VENV/bin/pip" install -q --disable-pip-version-check -c "$REPO_ROOT/tests/constraints.txt" \
-    -e "$REPO_ROOT[test]"
+    -e "${REPO_ROOT}[test]"
   rm -f "$OAR_VENV"/.oar-installed-*
   touch "$oar_stamp"
 else
