@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tempfile
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from .atomicfile import write_atomic
 from .errors import UsageError, UserError
 from .hardware.gfx import (
     GFX_NAME_RE,
@@ -540,22 +540,9 @@ def profile_to_yaml(profile: Profile, header: str | None = None) -> str:
 def dump_profile(profile: Profile, path: str | os.PathLike[str], header: str | None = None) -> None:
     """Write the profile atomically: a temp file in the same directory, then rename over `path`."""
     path = Path(path)
-    text = profile_to_yaml(profile, header)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        write_atomic(path, profile_to_yaml(profile, header).encode("utf-8"))
     except OSError as exc:
-        raise UserError(f"cannot write profile {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise UserError(f"cannot write profile {path}: {exc.strerror or exc}") from None
 
 

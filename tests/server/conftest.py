@@ -90,16 +90,26 @@ def runner_cmd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "ollama_airllm.server.main"]
 
 
-def llama_server_bin() -> str:
-    """The real llama-server, or skip/fail with the reason (see the module docstring)."""
-    path = os.environ.get("LLAMA_SERVER_BIN")
+def _required_tool(var: str, setup_step: str) -> str:
+    """The executable named by $`var`: skip locally when unset, fail in CI or when it is not executable."""
+    path = os.environ.get(var)
     if not path:
         if os.environ.get("CI"):
-            pytest.fail("LLAMA_SERVER_BIN is not set: run the suite through tests/run.sh")
-        pytest.skip("LLAMA_SERVER_BIN is not set (tests/setup.d/30-llama-server.sh builds it)")
+            pytest.fail(f"{var} is not set: run the suite through tests/run.sh")
+        pytest.skip(f"{var} is not set ({setup_step} provides it)")
     if not os.access(path, os.X_OK):
-        pytest.fail(f"LLAMA_SERVER_BIN={path} is not an executable: tests/setup.d/30-llama-server.sh failed?")
+        pytest.fail(f"{var}={path} is not an executable: {setup_step} failed?")
     return path
+
+
+def llama_server_bin() -> str:
+    """The real llama-server, or skip/fail with the reason (see the module docstring)."""
+    return _required_tool("LLAMA_SERVER_BIN", "tests/setup.d/30-llama-server.sh")
+
+
+def opencode_bin() -> str:
+    """The opencode CLI, or skip/fail with the reason."""
+    return _required_tool("OPENCODE_BIN", "tests/setup.d/40-opencode.sh")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -118,6 +128,7 @@ def srvtools():
         launch=launch,
         runner_cmd=runner_cmd,
         llama_server_bin=llama_server_bin,
+        opencode_bin=opencode_bin,
         wait_ready=wait_ready,
         free_port=free_port,
         OLLAMA_FLAGS=OLLAMA_FLAGS,

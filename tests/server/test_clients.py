@@ -7,21 +7,9 @@ import os
 import subprocess
 
 import pytest
+from ollama_airllm.devtools.tinytokenizer import WEATHER_TOOLS
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather of a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+TOOLS = WEATHER_TOOLS
 # the random test model cannot decide to call a tool, so a grammar makes it (see the README's differences)
 FORCE_CALL = {
     "grammar": "root ::= "
@@ -87,22 +75,11 @@ def test_openai_tools(client):
     assert r2.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
 
-def _opencode_bin() -> str:
-    path = os.environ.get("OPENCODE_BIN")
-    if not path:
-        if os.environ.get("CI"):
-            pytest.fail("OPENCODE_BIN is not set: run the suite through tests/run.sh")
-        pytest.skip("OPENCODE_BIN is not set (tests/setup.d/40-opencode.sh installs opencode)")
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"OPENCODE_BIN={path} is not executable: tests/setup.d/40-opencode.sh failed?")
-    return path
-
-
 @pytest.mark.opencode
 @pytest.mark.slow
-def test_opencode_completes_a_turn(tiny_gguf, start_runner, tmp_path):
+def test_opencode_completes_a_turn(tiny_gguf, start_runner, srvtools, tmp_path):
     """opencode's system prompt and tool list are ~19k tokens with the test tokenizer: 32k context."""
-    opencode = _opencode_bin()
+    opencode = srvtools.opencode_bin()
     srv = start_runner(tiny_gguf("llama", "F32", ctx=32768), "-c", "32768", "-t", "1", "--alias", "tiny")
     config = {
         "$schema": "https://opencode.ai/config.json",

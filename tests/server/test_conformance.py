@@ -13,6 +13,7 @@ import math
 
 import httpx
 import pytest
+from ollama_airllm.devtools.tinytokenizer import WEATHER_TOOLS
 
 pytestmark = [pytest.mark.llamaserver, pytest.mark.slow]
 
@@ -233,20 +234,7 @@ def test_stop_word(runner, ref):
 
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi there"}]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather of a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+TOOLS = WEATHER_TOOLS
 
 
 @pytest.mark.parametrize(

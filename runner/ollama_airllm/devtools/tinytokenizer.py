@@ -14,6 +14,22 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 CONTROL_TOKENS = [UNK, BOS, EOS, IM_START, IM_END]
 USER_TOKENS = ["<think>", "</think>", "<tool_call>", "</tool_call>"]
 
+# One OpenAI-style function tool, for tests and demos of the template's tool support.
+WEATHER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
 # ChatML with tools, in the style of Qwen2.5's template: tools listed in the system turn, assistant tool calls
 # rendered as <tool_call>{json}</tool_call>, tool results folded into a user turn as <tool_response>.
 CHAT_TEMPLATE = """

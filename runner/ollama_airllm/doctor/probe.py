@@ -57,17 +57,17 @@ def unit_props(host: Any, unit: str, *props: str) -> dict[str, str]:
 
 def active_units(host: Any) -> list[str]:
     """Our units that are running now: ollama.service and any standalone runner instance."""
-    out = host.run(
-        f"systemctl list-units --type=service --state=active --plain --no-legend -- {SERVICE} "
-        f"{shlex.quote(RUNNER_PATTERN)}"
-    ).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
+    return _units_in_state(host, "active")
 
 
 def failed_units(host: Any) -> list[str]:
     """Our units in the failed state."""
+    return _units_in_state(host, "failed")
+
+
+def _units_in_state(host: Any, state: str) -> list[str]:
     out = host.run(
-        f"systemctl list-units --type=service --state=failed --plain --no-legend -- {SERVICE} "
+        f"systemctl list-units --type=service --state={state} --plain --no-legend -- {SERVICE} "
         f"{shlex.quote(RUNNER_PATTERN)}"
     ).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]

@@ -7,7 +7,6 @@ with this project's own tree (runner/, packaging/, ...), which the PKGBUILD's pr
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import stat
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import jinja2
 
 from .. import __version__
+from ..atomicfile import write_atomic
 from ..errors import UserError
 from ..profile import Profile, packaging_dir, profile_to_yaml
 from . import sources
@@ -218,15 +218,8 @@ def _mkparent(path: Path) -> Path:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=_mkparent(path))
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _mkparent(path)
+    write_atomic(path, data, mode)
 
 
 def _render(env: jinja2.Environment, template: str, ctx: dict[str, object]) -> str:
