@@ -52,26 +52,48 @@ else
   C_STEP="" C_OK="" C_FAIL="" C_SKIP="" C_OFF=""
 fi
 STEP_NO=0
+SKIPPED=()
 
 # step NAME COMMAND...: run one step with its output in out/logs/NN-name.log; stop at the first failure.
 step() {
-  local name="$1" log start rc
+  local name="$1" log start rc skipped_before
   shift
   STEP_NO=$((STEP_NO + 1))
   log="$LOGS/$(printf '%02d' "$STEP_NO")-${name// /-}.log"
   printf '%s==> [%d] %s%s\n' "$C_STEP" "$STEP_NO" "$name" "$C_OFF"
   start=$SECONDS
   rc=0
+  skipped_before=${#SKIPPED[@]}
   "$@" >"$log" 2>&1 || rc=$?
+  mapfile -t SKIPPED <"$SKIPS_FILE"
   if ((rc != 0)); then
     printf '%s    FAILED: %s (exit %d, %ds). Log: %s%s\n' "$C_FAIL" "$name" "$rc" $((SECONDS - start)) "$log" "$C_OFF"
     tail -n 15 "$log" | sed 's/^/    | /'
     exit 1
   fi
-  printf '%s    ok%s (%ds)\n' "$C_OK" "$C_OFF" $((SECONDS - start))
+  if ((${#SKIPPED[@]} > skipped_before)); then
+    printf '%s    ok%s (%ds), %sskipped%s: %s\n' "$C_OK" "$C_OFF" $((SECONDS - start)) "$C_SKIP" "$C_OFF" \
+      "$(join_by '; ' "${SKIPPED[@]:skipped_before}")"
+  else
+    printf '%s    ok%s (%ds)\n' "$C_OK" "$C_OFF" $((SECONDS - start))
+  fi
 }
 
 note() { printf '    %s\n' "$*"; }
+
+join_by() {
+  local sep="$1" out="$2" item
+  shift 2
+  for item in "$@"; do out+="$sep$item"; done
+  printf '%s' "$out"
+}
+
+# skip_check "CHECK (WHY)": a check that could not run; it is listed on its step's line and in the last line.
+# Steps run in subshells, so they write it to a file that step() reads back.
+skip_check() {
+  printf '%s\n' "$1" >>"$SKIPS_FILE"
+  echo "skipped: $1"
+}
 
 # The Arch package that provides each tool this script may call.
 arch_package_of() {
@@ -133,13 +155,15 @@ validate_pkg() (
     shellcheck -s bash PKGBUILD ollama-airllm-rocm.install
     shellcheck airllm-runner.in ollama-airllm.in
   else
-    echo "shellcheck not installed: skipped (Arch package: shellcheck)"
+    skip_check "shellcheck (not installed; Arch package: shellcheck)"
   fi
-  if command -v makepkg >/dev/null && ((EUID != 0)); then
+  if ! command -v makepkg >/dev/null; then
+    skip_check ".SRCINFO against makepkg --printsrcinfo (makepkg not installed; Arch package: pacman)"
+  elif ((EUID == 0)); then
+    skip_check ".SRCINFO against makepkg --printsrcinfo (running as root: makepkg refuses it)"
+  else
     diff -u .SRCINFO <(makepkg --printsrcinfo)
     echo ".SRCINFO matches makepkg --printsrcinfo"
-  else
-    echo "makepkg --printsrcinfo: skipped (no makepkg, or running as root)"
   fi
   if command -v systemd-analyze >/dev/null; then
     local root
@@ -154,7 +178,7 @@ validate_pkg() (
     rm -rf "$root"
     systemd-analyze security --offline=true --threshold=30 ollama.service ollama-airllm@.service
   else
-    echo "systemd-analyze not installed: skipped (Arch package: systemd)"
+    skip_check "systemd-analyze verify and security (not installed; Arch package: systemd)"
   fi
 )
 
@@ -183,7 +207,15 @@ enable_service() {
 run_doctor() { ollama-airllm doctor; }
 
 mkdir -p "$LOGS"
+SKIPS_FILE="$LOGS/skipped-checks.txt"
+: >"$SKIPS_FILE"
 cd "$ROOT"
+
+# The checks that were skipped, for the last line.
+skipped_summary() {
+  ((${#SKIPPED[@]})) || return 0
+  printf ' Checks skipped: %s.' "$(join_by '; ' "${SKIPPED[@]}")"
+}
 
 IS_ARCH=0
 [[ -f /etc/arch-release ]] && command -v pacman >/dev/null && IS_ARCH=1
@@ -226,20 +258,20 @@ note "profile: ${PROFILE:-$ROOT/packaging/profiles/rx7900xtx.yaml} -> $PKG_DIR"
 step "validate package" validate_pkg
 
 if ((!FULL)); then
-  printf '%sSKIPPED makepkg, pacman -U, systemctl enable and doctor: %s; the package was rendered and validated in %s.%s\n' \
-    "$C_SKIP" "$WHY" "$PKG_DIR" "$C_OFF"
+  printf '%sSKIPPED makepkg, pacman -U, systemctl enable and doctor: %s; the package was rendered and validated in %s.%s%s\n' \
+    "$C_SKIP" "$WHY" "$PKG_DIR" "$(skipped_summary)" "$C_OFF"
   exit 0
 fi
 
 step "prerequisites for building" check_tools makepkg pacman sudo systemctl
 step "makepkg" build_pkg
 if ((NO_INSTALL)); then
-  printf '%sSKIPPED pacman -U, systemctl enable and doctor: --no-install was given; the package is in %s.%s\n' \
-    "$C_SKIP" "$PKG_DIR" "$C_OFF"
+  printf '%sSKIPPED pacman -U, systemctl enable and doctor: --no-install was given; the package is in %s.%s%s\n' \
+    "$C_SKIP" "$PKG_DIR" "$(skipped_summary)" "$C_OFF"
   exit 0
 fi
 step "pacman -U" install_pkg
 step "systemctl enable --now ollama" enable_service
 step "ollama-airllm doctor" run_doctor
-printf '%sDone: Ollama with the AirLLM runner is installed and running (profile %s).%s\n' \
-  "$C_OK" "$PROFILE" "$C_OFF"
+printf '%sDone: Ollama with the AirLLM runner is installed and running (profile %s).%s%s\n' \
+  "$C_OK" "$PROFILE" "$(skipped_summary)" "$C_OFF"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -84,3 +85,33 @@ def test_failing_step_is_named_with_its_log(checkout):
     assert f"Log: {log}" in result.stdout
     assert "ollama.keep_alive" in log.read_text()
     assert "validate package" not in result.stdout
+
+
+def test_skipped_checks_are_named_on_the_step_line_and_in_the_last_line(checkout, tmp_path):
+    """Without shellcheck, makepkg and systemd-analyze, each skipped check is said with its Arch package."""
+    missing = {"shellcheck", "makepkg", "systemd-analyze"}
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for entry in dict.fromkeys(os.environ["PATH"].split(os.pathsep)):
+        folder = Path(entry)
+        if not folder.is_dir():
+            continue
+        for tool in folder.iterdir():
+            target = bin_dir / tool.name
+            if tool.name not in missing and not target.exists() and os.access(tool, os.X_OK):
+                target.symlink_to(tool)
+    assert not any(shutil.which(tool, path=str(bin_dir)) for tool in missing)
+    result = subprocess.run(
+        ["bash", str(checkout / "build-all.sh"), "--render-only"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": str(bin_dir)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    validate = lines[lines.index("==> [4] validate package") + 1]
+    expected = [
+        "shellcheck (not installed; Arch package: shellcheck)",
+        ".SRCINFO against makepkg --printsrcinfo (makepkg not installed; Arch package: pacman)",
+        "systemd-analyze verify and security (not installed; Arch package: systemd)",
+    ]
+    assert validate.endswith("skipped: " + "; ".join(expected)), validate
+    assert lines[-1].endswith("Checks skipped: " + "; ".join(expected) + "."), lines[-1]
