@@ -83,20 +83,47 @@ def _matcher(pattern: re.Pattern[str], allowed: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-# The service owns its data directories (tmpfiles/chown): never a system directory or one PrivateTmp hides.
-_SYSTEM_TOP_DIRS = ("bin", "boot", "dev", "etc", "lib", "lib64", "proc", "run", "sbin", "sys", "tmp", "usr")
+# The service gets write access to its data directories (ReadWritePaths=) and creates the missing leaf: only
+# directories dedicated to Ollama, never a system directory, a whole mount point or a whole home directory.
+# (prefix, placeholders for the parts a dedicated directory needs below the prefix)
+_DATA_ROOTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("var", "lib", "ollama"), ()),
+    (("srv",), ("ollama",)),
+    (("mnt",), ("DISK", "ollama")),
+    (("media",), ("DISK", "ollama")),
+    (("run", "media"), ("USER", "DISK", "ollama")),
+    (("home",), ("USER", "ollama")),
+)
+DATA_DIRS_ALLOWED = (
+    "a directory dedicated to Ollama: /var/lib/ollama or below it, /srv/NAME/..., /mnt/DISK/DIR/..., "
+    "/media/DISK/DIR/..., /run/media/USER/DISK/DIR/... or /home/USER/DIR/... (an absolute path of letters, "
+    "digits and . _ + -; no spaces, quotes, $, %, `, ; and no '.', '..' or hidden '.name' parts)"
+)
 
 
-def _check_path(value: str) -> str:
-    allowed = (
-        "an absolute path of letters, digits and . _ + - (no spaces, quotes, $, %, `, ; or '..'), "
-        f"at least two levels deep and not under /{', /'.join(_SYSTEM_TOP_DIRS)}"
-    )
-    parts = value.strip("/").split("/")
-    if not _PATH_RE.fullmatch(value) or any(part in {".", ".."} for part in parts):
-        raise Allowed(allowed)
-    if len(parts) < 2 or parts[0] in _SYSTEM_TOP_DIRS:
-        raise Allowed(allowed)
+def _data_dir_refusal(value: str) -> str | None:
+    """Why `value` cannot be a data directory of the service, or None when it can."""
+    if not _PATH_RE.fullmatch(value):
+        return "it is not an absolute path of the allowed characters"
+    parts = tuple(value.strip("/").split("/"))
+    hidden = next((part for part in parts if part.startswith(".")), None)
+    if hidden is not None:
+        return f"{hidden!r} is a hidden or relative path part"
+    shown = "/" + "/".join(parts)
+    for prefix, needed in _DATA_ROOTS:
+        if parts[: len(prefix)] == prefix[: len(parts)]:
+            if len(parts) >= len(prefix) + len(needed):
+                return None
+            example = "/" + "/".join((*parts, *(*prefix, *needed)[len(parts) :]))
+            return f"{shown} is shared (a system directory, a mount point or a home), use e.g. {example}"
+    return f"{shown} is outside those places (system directories such as /var/lib, /opt or /root are refused)"
+
+
+def check_data_dir(value: str) -> str:
+    """A models or cache directory: one of the dedicated places, without a trailing slash; else Allowed."""
+    reason = _data_dir_refusal(value)
+    if reason is not None:
+        raise Allowed(f"{DATA_DIRS_ALLOWED}; refused because {reason}")
     return value.rstrip("/")
 
 
@@ -145,6 +172,13 @@ def _keep_alive_to_str(value: Any) -> Any:
     return value
 
 
+def _exact_int(value: Any) -> Any:
+    """`schema_version: true` or `1.0` is not the integer 1 (Literal[1] alone accepts both)."""
+    if type(value) is not int:
+        raise Allowed("1 (the integer; this release reads schema version 1)")
+    return value
+
+
 def _unique(values: list[Any]) -> list[Any]:
     if len(set(values)) != len(values):
         raise Allowed("a list without repeated entries")
@@ -170,7 +204,7 @@ GfxName = Annotated[
 GfxTarget = Annotated[str, AfterValidator(_check_gfx_target)]
 PciDeviceId = Annotated[str, _matcher(_PCI_ID_RE, "0x and 4 lowercase hex digits, e.g. 0x744c")]
 PciSlot = Annotated[str, _matcher(_PCI_SLOT_RE, "a PCI address like 0000:03:00.0 (lowercase hex)")]
-SafePath = Annotated[str, AfterValidator(_check_path)]
+DataDir = Annotated[str, AfterValidator(check_data_dir)]
 HostPort = Annotated[str, AfterValidator(_check_host)]
 HsaOverride = Annotated[str, AfterValidator(_check_override)]
 KeepAlive = Annotated[
@@ -229,7 +263,7 @@ class OllamaSettings(_Strict):
     """Settings written to /etc/default/ollama for `ollama serve`."""
 
     host: HostPort = "127.0.0.1:11434"
-    models_dir: SafePath = "/var/lib/ollama"
+    models_dir: DataDir = "/var/lib/ollama"
     context_length: int = Field(default=8192, ge=256, le=1048576)
     flash_attention: bool = True
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
@@ -251,7 +285,7 @@ class AirLLMSettings(_Strict):
     enabled: bool = True
     force: bool = False
     compression: Literal["none", "8bit", "4bit"] = "none"
-    cache_dir: SafePath = "/var/lib/ollama/airllm"
+    cache_dir: DataDir = "/var/lib/ollama/airllm"
     vram_reserve_mib: int = Field(default=1024, ge=0, le=1048576)
 
     @model_validator(mode="after")
@@ -272,7 +306,7 @@ class Pins(_Strict):
 class Profile(_Strict):
     """A validated hardware profile (see README "Profile reference")."""
 
-    schema_version: Literal[1]
+    schema_version: Annotated[Literal[1], BeforeValidator(_exact_int)]
     name: ProfileName
     system: SystemInfo = Field(default_factory=SystemInfo)
     gpus: list[GPU] = Field(min_length=1, max_length=64)
@@ -471,8 +505,57 @@ def validate_profile(data: Any, source: str = "profile") -> Profile:
 # --- files --------------------------------------------------------------------------------------------------
 
 
+MAX_PROFILE_BYTES = 256 * 1024
+MAX_YAML_DEPTH = 16
+
+
 class _ProfileLoader(yaml.SafeLoader):
-    """SafeLoader without YAML 1.1's base-60 numbers, so `pci_slot: 0000:03:00.0` stays a string."""
+    """SafeLoader without YAML 1.1's base-60 numbers, so `pci_slot: 0000:03:00.0` stays a string.
+
+    A profile is a small tree of plain values, so anchors and aliases (the alias bomb), tags, merge keys,
+    duplicate keys and nesting deeper than MAX_YAML_DEPTH are refused where they appear.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _refused("anchors and aliases (&name, *name) are not allowed in a profile", event)
+        if getattr(event, "tag", None) is not None:
+            raise _refused(f"tags ({event.tag}) are not allowed in a profile; write plain values", event)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _refused(f"nested deeper than {MAX_YAML_DEPTH} levels (a profile needs 4)", event)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise _refused("merge keys (<<) are not allowed in a profile", key_node)
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                raise _refused("a key must be a plain value, not a list or mapping", key_node) from None
+            if duplicate:
+                raise _refused(f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that a profile must not use."""
+
+
+def _refused(problem: str, where: yaml.Event | yaml.Node) -> _Refused:
+    return _Refused(problem=problem, problem_mark=where.start_mark)
 
 
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
@@ -499,9 +582,13 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
     """Read and validate a profile YAML file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            data = stream.read(MAX_PROFILE_BYTES + 1)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise UsageError(f"profile {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"profile {path}: is a directory, not a YAML file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"profile {path}: cannot read it ({exc})") from None
     return profile_from_yaml(text, str(path))
@@ -509,9 +596,18 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
 
 def profile_from_yaml(text: str, source: str = "profile") -> Profile:
     """Parse and validate profile YAML text; `source` names it in error messages."""
+    if len(text) > MAX_PROFILE_BYTES:
+        limit = MAX_PROFILE_BYTES // 1024
+        raise UsageError(f"profile {source}: larger than {limit} KiB; a profile is a few KiB")
     try:
         data = yaml.load(text, Loader=_ProfileLoader)  # a SafeLoader: builds only plain YAML types
-    except yaml.YAMLError as exc:
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        what = " ".join(" ".join(filter(None, (exc.context, exc.problem))).split())
+        kind = "" if isinstance(exc, _Refused) else "not valid YAML: "
+        raise UsageError(f"profile {source}: {where}{kind}{what}") from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer with too many digits
         raise UsageError(f"profile {source}: not valid YAML ({' '.join(str(exc).split())})") from None
     return validate_profile(data, source)
 

@@ -152,14 +152,14 @@ BAD_VALUES = [
     (
         "ollama.models_dir",
         "var/lib/ollama",
-        "ollama.models_dir: got 'var/lib/ollama'; allowed: an absolute path",
+        "ollama.models_dir: got 'var/lib/ollama'; allowed: a directory dedicated to Ollama",
     ),
     ("ollama.models_dir", "/srv/my models", "ollama.models_dir: got '/srv/my models'"),
     ("ollama.models_dir", "/srv/../etc", "ollama.models_dir: got '/srv/../etc'"),
     ("ollama.models_dir", "/srv/%h", "ollama.models_dir: got '/srv/%h'"),
-    ("ollama.models_dir", "/", "ollama.models_dir: got '/'; allowed: an absolute path"),
-    ("ollama.models_dir", "/srv", "ollama.models_dir: got '/srv'; allowed: an absolute path"),
-    ("ollama.models_dir", "/etc/ollama", "at least two levels deep and not under /bin, /boot, /dev, /etc"),
+    ("ollama.models_dir", "/", "refused because it is not an absolute path of the allowed characters"),
+    ("ollama.models_dir", "/srv", "refused because /srv is shared (a system directory"),
+    ("ollama.models_dir", "/etc/ollama", "refused because /etc/ollama is outside those places"),
     ("airllm.cache_dir", "/tmp/airllm", "airllm.cache_dir: got '/tmp/airllm'"),
     ("ollama.context_length", 100, "ollama.context_length: got 100; allowed: greater than or equal to 256"),
     ("ollama.context_length", "8192", "ollama.context_length: got '8192'; allowed: a valid integer"),
@@ -417,7 +417,7 @@ def test_missing_file_and_bad_yaml_name_the_file(tmp_path: Path) -> None:
         load_profile(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("gpus: [\n")
-    with pytest.raises(UsageError, match=r"profile .*bad\.yaml: not valid YAML"):
+    with pytest.raises(UsageError, match=r"profile .*bad\.yaml: line 2: not valid YAML: while parsing"):
         load_profile(bad)
     empty = tmp_path / "empty.yaml"
     empty.write_text("")

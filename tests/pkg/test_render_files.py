@@ -134,7 +134,8 @@ def test_models_dir_outside_state_directory_is_writable_and_created(tmp_path):
     profile_file.write_text(text)
     files = pkgrender.render_package(load_profile(profile_file))
     assert "ReadWritePaths=/srv/ollama\n" in files["ollama.service"].text
-    assert "d /srv/ollama 0750 ollama ollama -\n" in files["ollama.tmpfiles"].text
+    assert "/srv/ollama" not in files["ollama.tmpfiles"].text  # not the package's: never re-owned at boot
+    assert "chown -h ollama:ollama -- \"$$1\"; }' mkdir /srv/ollama\n" in files["ollama.service"].text
     assert "OLLAMA_MODELS=/srv/ollama\n" in files["ollama.env"].text
 
 

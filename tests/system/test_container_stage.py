@@ -232,6 +232,26 @@ def test_doctor_reports_a_bad_installed_profile(installed, container):
         container.run("rm -f /etc/ollama-airllm/profile.yaml")
 
 
+def test_doctor_checks_that_ollama_can_write_its_data_dirs(installed, container):
+    """A models directory ollama cannot write and a cache directory on an unmounted disk are each one failure
+    that names the path (issue 13: directories outside /var/lib/ollama are never re-owned)."""
+    container.run(
+        "mkdir -m 0755 -p /srv/oar-ro && sed -e 's#models_dir: /var/lib/ollama#models_dir: /srv/oar-ro#' "
+        "-e 's#cache_dir: /var/lib/ollama/airllm#cache_dir: /run/media/me/DISK/airllm#' "
+        "/usr/share/ollama-airllm/packaging/profiles/rx6700xt.yaml > /etc/ollama-airllm/profile.yaml"
+    )
+    try:
+        result = container.run("ollama-airllm doctor -k 'dir_writable'", check=False)
+        report = result.stdout
+        assert result.returncode == 1 and "Traceback" not in report + result.stderr, report + result.stderr
+        assert "ollama cannot write /srv/oar-ro, so Ollama cannot store models" in report, report
+        missing = "/run/media/me/DISK/airllm does not exist and neither does /run/media/me/DISK"
+        assert missing in report, report
+        assert report.splitlines()[-1].startswith("0 ok, 2 failed"), report
+    finally:
+        container.run("rm -f /etc/ollama-airllm/profile.yaml && rmdir /srv/oar-ro")
+
+
 def test_upgrade_keeps_the_edited_env_file(packages, installed, container):
     container.run(f"echo {USER_EDIT} >> /etc/default/ollama")
     edited = container.run("cat /etc/default/ollama").stdout

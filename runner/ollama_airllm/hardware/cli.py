@@ -8,11 +8,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..profile import dump_profile, profile_to_yaml
+from ..errors import UsageError
+from ..profile import Allowed, check_data_dir, dump_profile, profile_to_yaml
 from .detect import Detection, ToolOutputs, default_name, to_profile
 from .detect import detect as run_detection
+from .sysfs import MalformedSysfs, read_small_file
 
 GIB = 1 << 30
+TOOL_OUTPUT_LIMIT = 16 << 20
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -45,6 +48,26 @@ def _summary(detection: Detection, console: Console) -> None:
         console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
+def _tool_output(path: Path | None) -> str | None:
+    """A saved tool output (a regular file of at most 16 MiB; a FIFO is refused rather than waited on)."""
+    if path is None:
+        return None
+    try:
+        return read_small_file(path, TOOL_OUTPUT_LIMIT).decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except MalformedSysfs as exc:
+        raise UsageError(exc.message) from None
+
+
+def _models_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--models-dir follows the profile's rules for ollama.models_dir."""
+    try:
+        return check_data_dir(value)
+    except Allowed as exc:
+        raise click.BadParameter(f"got {value!r}; allowed: {exc}") from None
+
+
 @click.command(name="detect")
 @click.option(
     "--sysfs-root",
@@ -61,7 +84,9 @@ def _summary(detection: Detection, console: Console) -> None:
     "--models-dir",
     default="/var/lib/ollama",
     show_default=True,
-    help="Where Ollama keeps models: written to the profile; free space is measured there.",
+    callback=_models_dir,
+    help="Where Ollama keeps models (a dedicated directory, see README: Profile): written to the profile; "
+    "free space is measured there.",
 )
 @click.option("--name", default=None, help="Profile name (default: from the GPUs, e.g. gfx1100).")
 @click.option(
@@ -100,8 +125,8 @@ def detect(
     Exit status: 0 done, 1 unreadable or malformed sysfs, 2 usage error, 3 no usable AMD GPU.
     """
     tools = ToolOutputs(
-        rocminfo=rocminfo_output.read_text(errors="replace") if rocminfo_output else None,
-        rocm_smi_vram_json=rocm_smi_output.read_text(errors="replace") if rocm_smi_output else None,
+        rocminfo=_tool_output(rocminfo_output),
+        rocm_smi_vram_json=_tool_output(rocm_smi_output),
         # Only ask the installed ROCm tools about this machine, never when reading a fixture tree.
         run=sysfs_root.resolve() == Path("/"),
     )

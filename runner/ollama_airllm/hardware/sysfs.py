@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +21,81 @@ _SLOT_RE = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
 _KFD_INT_KEYS = ("gfx_target_version", "vendor_id", "device_id", "location_id", "domain", "drm_render_minor")
 
 
+# A sysfs attribute is at most a page; anything much larger is not the kernel's file.
+MAX_READ_BYTES = 64 * 1024
+
+
 class MalformedSysfs(UserError):
     """A sysfs file exists but does not have the kernel's format."""
+
+
+def read_small_file(path: Path, limit: int = MAX_READ_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, without blocking on a FIFO or a device.
+
+    FileNotFoundError and PermissionError propagate (callers treat them as absent or masked); a symlink
+    loop, a directory, a FIFO, a device or an oversized file is MalformedSysfs.
+    """
+    try:
+        _require_regular(path, os.stat(path).st_mode)  # a device is refused before it is opened
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as exc:
+        raise MalformedSysfs(f"{path}: cannot open it ({_why(exc)})") from None
+    try:
+        _require_regular(path, os.fstat(fd).st_mode)  # what was opened, in case it was swapped
+        chunks, size = [], 0
+        while chunk := os.read(fd, limit + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise MalformedSysfs(f"{path}: larger than {limit} bytes, too large for this file")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise MalformedSysfs(f"{path}: cannot read it ({_why(exc)})") from None
+    finally:
+        os.close(fd)
+
+
+def _require_regular(path: Path, mode: int) -> None:
+    kind = stat.S_IFMT(mode)
+    if kind != stat.S_IFREG:
+        raise MalformedSysfs(f"{path}: is {_KINDS.get(kind, 'not a regular file')}, not a regular file")
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symlink loop"
+    return exc.strerror or exc.__class__.__name__
+
+
+def read_text(path: Path, limit: int = MAX_READ_BYTES) -> str:
+    """A small sysfs/procfs file as ASCII text; non-ASCII bytes are MalformedSysfs."""
+    try:
+        return read_small_file(path, limit).decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedSysfs(f"{path}: not a kernel attribute file (non-ASCII bytes)") from None
+
+
+def resolve(path: Path) -> Path | None:
+    """The real path of `path`, or None when it does not exist; a symlink loop is MalformedSysfs."""
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MalformedSysfs(f"{path}: cannot follow it (a symlink loop)") from None
+        return None
 
 
 @dataclass(frozen=True)
@@ -57,10 +133,7 @@ class DrmCard:
 
 def read_key_values(path: Path) -> dict[str, str]:
     """Parse a KFD `properties` file: `key value` lines. Unknown and non-numeric keys are kept as text."""
-    try:
-        text = path.read_text(encoding="ascii")
-    except UnicodeDecodeError:
-        raise MalformedSysfs(f"{path}: not a KFD properties file (non-ASCII bytes)") from None
+    text = read_text(path)
     values: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.strip().partition(" ")
@@ -86,10 +159,10 @@ def _int(values: dict[str, str], key: str, path: Path, base: int = 10) -> int | 
 def _read_int_file(path: Path, base: int = 10) -> int | None:
     """A one-number sysfs file like `mem_info_vram_total` (decimal) or `vendor` (`0x1002`); None if absent."""
     try:
-        raw = path.read_text(encoding="ascii").strip()
+        raw = read_text(path).strip()
     except FileNotFoundError:
         return None
-    except (PermissionError, UnicodeDecodeError) as exc:
+    except PermissionError as exc:
         raise MalformedSysfs(f"{path}: cannot read it ({exc.__class__.__name__})") from None
     try:
         return int(raw, base)
@@ -172,7 +245,7 @@ def read_drm_cards(sysfs_root: Path) -> list[DrmCard]:
         return []
     entries = sorted((p for p in drm.iterdir() if _CARD_RE.match(p.name)), key=lambda p: int(p.name[4:]))
     render_devices = {
-        int(m[1]): (p / "device").resolve() for p in drm.iterdir() if (m := _RENDER_RE.match(p.name))
+        int(m[1]): resolve(p / "device") for p in drm.iterdir() if (m := _RENDER_RE.match(p.name))
     }
     cards = []
     for entry in entries:
@@ -191,8 +264,8 @@ def read_drm_cards(sysfs_root: Path) -> list[DrmCard]:
             has_vram_vendor=(device / "mem_info_vram_vendor").exists(),
             has_board_info=(device / "board_info").exists(),
         )
-        resolved = device.resolve()
-        card.render_minors = {minor for minor, dev in render_devices.items() if dev == resolved}
+        resolved = resolve(device)
+        card.render_minors = {minor for minor, dev in render_devices.items() if dev and dev == resolved}
         card.render_minors |= {int(m[1]) for p in _listdir(device / "drm") if (m := _RENDER_RE.match(p.name))}
         cards.append(card)
     return cards
@@ -212,8 +285,8 @@ def _listdir(path: Path) -> list[Path]:
 
 def _uevent(path: Path) -> dict[str, str]:
     try:
-        text = path.read_text(encoding="ascii", errors="replace")
-    except OSError:
+        text = read_small_file(path).decode("ascii", errors="replace")
+    except (FileNotFoundError, PermissionError):
         return {}
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .sysfs import MalformedSysfs
+from .sysfs import MalformedSysfs, read_small_file
 
 
 def read_ram_bytes(proc_root: Path) -> int | None:
     """MemTotal from `<proc_root>/proc/meminfo` in bytes; None when the file is absent."""
     path = proc_root / "proc" / "meminfo"
     try:
-        text = path.read_text(encoding="ascii", errors="replace")
+        text = read_small_file(path).decode("ascii", errors="replace")
     except FileNotFoundError:
         return None
     for line in text.splitlines():

@@ -7,6 +7,7 @@ with this project's own tree (runner/, packaging/, ...), which the PKGBUILD's pr
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import stat
 import tempfile
@@ -16,7 +17,6 @@ from pathlib import Path
 import jinja2
 
 from .. import __version__
-from ..atomicfile import write_atomic
 from ..errors import UserError
 from ..profile import Profile, packaging_dir, profile_to_yaml
 from . import sources
@@ -37,6 +37,7 @@ AUX_FILES = (
     "ollama-airllm.in",
 )
 PATCH = "airllm.patch"
+STATE_DIR = "/var/lib/ollama"  # the unit's StateDirectory=
 INSTALL = f"{PKGNAME}.install"
 # The profile the package was rendered from, installed as /etc/ollama-airllm/profile.yaml for the doctor.
 PROFILE = "profile.yaml"
@@ -166,60 +167,86 @@ def render_package(
 
 
 def write_package(files: dict[str, RenderedFile], out_dir: Path, root: Path | None = None) -> Path:
-    """Write `files` and this project's tree into `out_dir`; a new directory appears complete or not at all.
+    """Write `files` and this project's tree into `out_dir`, all or nothing.
 
-    Into an existing directory each file is replaced atomically. The project tree is not copied when `out_dir`
-    is the project itself (rendering the committed top-level files).
+    Everything is first written to a temporary directory: a new `out_dir` is that directory renamed; in an
+    existing one each entry is then renamed over its old version, after checking that none of them can
+    fail (a directory where a file belongs, or the reverse), so a failed render leaves it as it was.
+    Files the package does not own stay. The project tree is not copied when `out_dir` is the project
+    itself (rendering the committed top-level files).
     """
     root = (root if root is not None else packaging_dir().parent).resolve()
     out_dir = out_dir.absolute()
     tree = [] if out_dir.resolve() == root or not (root / "pyproject.toml").is_file() else list(TREE)
-    if not out_dir.exists():
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
-            _fill(tmp, files, root, tree)
-            tmp.chmod(0o755)
-            tmp.rename(out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out_dir
-    if not out_dir.is_dir():
+    if out_dir.exists() and not out_dir.is_dir():
         raise RenderError(f"{out_dir} exists and is not a directory")
-    _fill(out_dir, files, root, tree)
+    fresh = not out_dir.exists()
+    try:
+        if fresh:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent if fresh else out_dir))
+    except OSError as exc:
+        raise RenderError(f"cannot write the package into {out_dir}: {exc.strerror or exc}") from None
+    try:
+        entries = _stage(staging, files, root, tree)
+        if fresh:
+            staging.chmod(0o755)
+            staging.rename(out_dir)
+        else:
+            _check_replaceable(staging, out_dir, entries)
+            for rel in entries:
+                _swap_in(staging / rel, out_dir / rel, staging)
+    except OSError as exc:
+        raise RenderError(f"cannot write the package into {out_dir}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
-def _fill(out_dir: Path, files: dict[str, RenderedFile], root: Path, tree: list[str]) -> None:
+def _stage(staging: Path, files: dict[str, RenderedFile], root: Path, tree: list[str]) -> list[str]:
+    """Write the package into the empty directory `staging`; return the entries written (relative paths)."""
     for name, rendered in files.items():
-        _write_atomic(out_dir / name, rendered.text.encode(), rendered.mode)
-    if tree and not (out_dir / PATCH).exists():
-        _write_atomic(out_dir / PATCH, (root / PATCH).read_bytes(), 0o644)
+        _write(staging / name, rendered.text.encode(), rendered.mode)
+    entries = list(files)
+    if tree:
+        _write(staging / PATCH, (root / PATCH).read_bytes(), 0o644)
+        entries.append(PATCH)
     for rel in tree:
-        src, dst = root / rel, out_dir / rel
-        if not src.exists():
-            continue
+        src, dst = root / rel, staging / rel
         if src.is_dir():
-            staged = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=_mkparent(dst)))
-            shutil.copytree(src, staged / "t", ignore=_TREE_SKIP, symlinks=True)
-            old = staged / "old"
-            if dst.exists():
-                dst.rename(old)
-            (staged / "t").rename(dst)
-            shutil.rmtree(staged)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(src, dst, ignore=_TREE_SKIP, symlinks=True)
+        elif src.exists():
+            _write(dst, src.read_bytes(), stat.S_IMODE(src.stat().st_mode))
         else:
-            _write_atomic(dst, src.read_bytes(), stat.S_IMODE(src.stat().st_mode))
+            continue
+        entries.append(rel)
+    return entries
 
 
-def _mkparent(path: Path) -> Path:
+def _check_replaceable(staging: Path, out_dir: Path, entries: list[str]) -> None:
+    """Refuse before the first rename if an entry of `out_dir` has the other kind (file or directory)."""
+    for rel in entries:
+        new, old = staging / rel, out_dir / rel
+        if not (old.exists() or old.is_symlink()):
+            continue
+        if new.is_dir() != (old.is_dir() and not old.is_symlink()):
+            has, needs = ("a file", "a directory") if new.is_dir() else ("a directory", "a file")
+            raise RenderError(f"{old} is {has} where the package has {needs}; move it away and render again")
+
+
+def _swap_in(new: Path, old: Path, staging: Path) -> None:
+    """Rename `new` over `old` (a directory is first moved aside into `staging`, removed with it)."""
+    old.parent.mkdir(parents=True, exist_ok=True)
+    if new.is_dir() and old.is_dir():
+        old.rename(Path(tempfile.mkdtemp(prefix=".old.", dir=staging)) / "old")
+    os.replace(new, old)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.parent
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    _mkparent(path)
-    write_atomic(path, data, mode)
+    path.write_bytes(data)
+    path.chmod(mode)
 
 
 def _render(env: jinja2.Environment, template: str, ctx: dict[str, object]) -> str:
@@ -244,28 +271,26 @@ def _context(profile: Profile, variant: str) -> dict[str, object]:
         "python_by_name": by_name,
         "private_sdists": [p for p in sources.PRIVATE_PYTHON if not p.wheel],
         "igpu": any(gpu.integrated for gpu in profile.visible_gpus),
-        "extra_rw_paths": _extra_rw_paths(profile),
-        "data_dirs": _data_dirs(profile),
+        "state_subdirs": _state_subdirs(profile),
+        "external_dirs": _external_dirs(profile),
+        "home_dirs": [path for path in _external_dirs(profile) if path.startswith("/home/")],
     }
 
 
 def _data_dirs(profile: Profile) -> list[str]:
-    """Directories tmpfiles.d creates besides /var/lib/ollama."""
-    out: list[str] = []
-    for path in (profile.ollama.models_dir, profile.airllm.cache_dir):
-        if path != "/var/lib/ollama" and path not in out:
-            out.append(path)
-    return out
+    """The models and cache directories, each once."""
+    return list(dict.fromkeys((profile.ollama.models_dir, profile.airllm.cache_dir)))
 
 
-def _extra_rw_paths(profile: Profile) -> list[str]:
-    """Writable directories outside the unit's StateDirectory (/var/lib/ollama)."""
-    paths = [profile.ollama.models_dir, profile.airllm.cache_dir]
-    out: list[str] = []
-    for path in paths:
-        if path != "/var/lib/ollama" and not path.startswith("/var/lib/ollama/") and path not in out:
-            out.append(path)
-    return out
+def _state_subdirs(profile: Profile) -> list[str]:
+    """Data directories below /var/lib/ollama: the package's own, so tmpfiles.d creates and owns them."""
+    return [path for path in _data_dirs(profile) if path.startswith(f"{STATE_DIR}/")]
+
+
+def _external_dirs(profile: Profile) -> list[str]:
+    """Data directories outside /var/lib/ollama: made writable for the service, created only when missing."""
+    own = {STATE_DIR, *_state_subdirs(profile)}
+    return [path for path in _data_dirs(profile) if path not in own]
 
 
 def _pkgdesc(profile: Profile, variant: str) -> str:

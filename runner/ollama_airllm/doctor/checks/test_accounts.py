@@ -64,21 +64,31 @@ def test_gpu_groups(host, facts):
             )
 
 
+STATE_DIR = "/var/lib/ollama"
+
+
+def _own(path: str) -> bool:
+    """Whether the package owns `path` (tmpfiles.d creates and chowns it), or only creates it when missing."""
+    return path == STATE_DIR or path.startswith(f"{STATE_DIR}/")
+
+
 def test_models_dir(host, profile):
-    """the models directory belongs to ollama and is not writable by anyone else"""
+    """the models directory exists and no one but ollama (and its owner) can write into it"""
     path = profile.ollama.models_dir
     d = host.file(path)
     if not d.exists:
-        fail(
-            f"{path} does not exist",
-            "create it from the package's tmpfiles.d file: `systemd-tmpfiles --create`",
+        fix = (
+            "create it from the package's tmpfiles.d file: `systemd-tmpfiles --create`"
+            if _own(path)
+            else "start the service (it creates the directory when its parent exists) or create it yourself"
         )
+        fail(f"{path} does not exist", fix)
     if not d.is_directory:
-        fail(f"{path} is not a directory", "move it away and run `systemd-tmpfiles --create`")
+        fail(f"{path} is not a directory", "move it away and start the service again")
     problems = []
-    if d.user != probe.USER or d.group != probe.USER:
+    if _own(path) and (d.user != probe.USER or d.group != probe.USER):
         problems.append(f"owned by {d.user}:{d.group}")
-    if d.mode & 0o002 or d.mode & 0o020:
+    if d.mode & 0o002 or (d.mode & 0o020 and d.group != probe.USER):
         problems.append(f"mode {d.mode:o} lets others write into it")
     if problems:
         fail(
@@ -87,16 +97,34 @@ def test_models_dir(host, profile):
         )
 
 
+def test_models_dir_writable(host, profile, facts):
+    """the ollama user can write the models directory (or the service can create it)"""
+    _check_writable(host, facts, profile.ollama.models_dir, "Ollama cannot store models")
+
+
 def test_airllm_cache_dir_writable(host, profile, facts):
-    """the ollama user can write the runner's cache directory (or create it)"""
+    """the ollama user can write the runner's cache directory (or the service can create it)"""
+    use = "the layer-streaming runner cannot cache split layers"
+    _check_writable(host, facts, profile.airllm.cache_dir, use)
+
+
+def _check_writable(host, facts, path: str, use: str) -> None:
+    """Run as ollama: `path` is writable, or missing with a parent that tmpfiles.d or ExecStartPre= fills."""
     facts.require_root()
     if not host.user(probe.USER).exists:
         not_applicable(f"no {probe.USER} user (reported above)")
-    path = profile.airllm.cache_dir
-    target = path if host.file(path).exists else path.rsplit("/", 1)[0] or "/"
-    result = host.run(probe.as_user(probe.USER, [], f"test -w {shlex.quote(target)}"))
-    if result.rc != 0:
+    quoted = shlex.quote(path)
+    if not host.file(path).exists:
+        parent = path.rsplit("/", 1)[0] or "/"
+        if _own(path) or host.file(parent).is_directory:
+            return  # created owned by ollama: by tmpfiles.d, or by the unit's ExecStartPre= when missing
         fail(
-            f"{probe.USER} cannot write {target}, so the layer-streaming runner cannot cache split layers",
-            f"`chown {probe.USER}:{probe.USER} {shlex.quote(target)}`",
+            f"{path} does not exist and neither does {parent}, so the service cannot start and {use}",
+            f"mount the disk that holds {parent}, or create {parent}",
+        )
+    if host.run(probe.as_user(probe.USER, [], f"test -w {quoted} && test -x {quoted}")).rc != 0:
+        fail(
+            f"{probe.USER} cannot write {path}, so {use}",
+            f"`chown {probe.USER}:{probe.USER} {quoted}`, or give the {probe.USER} group write access: "
+            f"`chgrp {probe.USER} {quoted} && chmod g+rwx {quoted}`",
         )
