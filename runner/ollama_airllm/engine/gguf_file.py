@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+from gguf import GGUFValueType as T
 
 from ..errors import UserError
 from .dequant import SUPPORTED
+from .gguf_scan import scan
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
 
@@ -100,79 +104,188 @@ class GGUFModel:
             self._mmap.madvise(mmap.MADV_WILLNEED, start, t.offset + t.nbytes - start)
 
 
-def _value(reader: GGUFReader, key: str, default=None):
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
+_MISSING = object()
+_INTS = frozenset(
+    {T.UINT8, T.INT8, T.UINT16, T.INT16, T.UINT32, T.INT32, T.UINT64, T.INT64}
+)
+_NUMBERS = _INTS | {T.FLOAT32, T.FLOAT64}
+MAX_CONTEXT = 2**31 - 1
+# The special-token ids this runner uses; each must name a token of the vocabulary.
+SPECIAL_IDS = ("bos", "eos", "eot", "eom", "unknown", "padding")
 
 
-def _require(path, reader: GGUFReader, key: str):
-    v = _value(reader, key)
-    if v is None:
-        raise ModelFileError(path, f"metadata key {key!r} is missing")
-    return v
+def _shown(f) -> str:
+    """A metadata value as an error message shows it: its value, or its kind when that is the problem."""
+    kind = f.types[0]
+    if kind == T.ARRAY:
+        return f"an array ({len(f.data)} values)"
+    if kind == T.STRING:
+        text = f.contents()
+        return f"a string ({text[:40]!r}{'...' if len(text) > 40 else ''})"
+    if kind == T.BOOL:
+        return f"a boolean ({str(f.contents()).lower()})"
+    return repr(f.contents())
+
+
+def _int_range(lo: int, hi: int | None) -> str:
+    if hi is not None:
+        return f"an integer from {lo} to {hi}"
+    return "a positive integer" if lo == 1 else f"an integer of at least {lo}"
+
+
+class _Meta:
+    """Typed access to GGUF metadata: a missing key, or a value of the wrong type or range, is a
+    ModelFileError naming the file, the key, the value and what is allowed."""
+
+    def __init__(self, path, reader: GGUFReader) -> None:
+        self.path = path
+        self.fields = reader.fields
+
+    def _field(self, key: str, required: bool):
+        f = self.fields.get(key)
+        if f is None and required:
+            raise ModelFileError(self.path, f"metadata key {key!r} is missing")
+        return f
+
+    def bad(self, key: str, must: str):
+        raise ModelFileError(self.path, f"metadata {key} is {_shown(self.fields[key])}; must be {must}")
+
+    def integer(self, key: str, default=_MISSING, lo: int = 1, hi: int | None = None):
+        f = self._field(key, default is _MISSING)
+        if f is None:
+            return default
+        v = f.contents() if f.types[0] in _INTS else None
+        if v is None or v < lo or (hi is not None and v > hi):
+            self.bad(key, _int_range(lo, hi))
+        return v
+
+    def number(self, key: str, default=_MISSING) -> float:
+        f = self._field(key, default is _MISSING)
+        if f is None:
+            return default
+        if f.types[0] not in _NUMBERS or not 0 < f.contents() < math.inf:
+            self.bad(key, "a positive number")
+        return float(f.contents())
+
+    def string(self, key: str, default=_MISSING):
+        f = self._field(key, default is _MISSING)
+        if f is None:
+            return default
+        if f.types != [T.STRING]:
+            self.bad(key, "a string")
+        return f.contents()
+
+    def flag(self, key: str) -> bool | None:
+        f = self._field(key, False)
+        if f is not None and f.types != [T.BOOL]:
+            self.bad(key, "true or false")
+        return None if f is None else f.contents()
+
+    def array(self, key: str, elements: frozenset, what: str) -> list | None:
+        """The array at `key` (None when absent); every element must have one of the `elements` types."""
+        f = self._field(key, False)
+        if f is None:
+            return None
+        if f.types[0] != T.ARRAY or (f.data and f.types[-1] not in elements):
+            self.bad(key, f"an array of {what}")
+        return f.contents()
 
 
 def open_gguf(path: str | os.PathLike) -> GGUFModel:
     """Read and validate a GGUF file; any problem raises ModelFileError naming the file."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise ModelFileError(path, f"cannot read the file ({e.strerror})") from None
+    size = _regular_file_size(path)
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
         raise ModelFileError(path, f"not a GGUF file (first bytes {magic!r}, expected b'GGUF')")
+    problem = scan(path, size)  # bounds every count by the file before gguf's reader believes it
+    if problem:
+        raise ModelFileError(path, problem)
     try:
         reader = GGUFReader(path, "r")
-    except Exception as e:  # gguf raises ValueError/IndexError/struct errors on damaged headers
-        from .gguf_scan import diagnose
-
-        problem = (
-            diagnose(path, size) or f"the GGUF file is corrupt or of an unknown format (gguf reader: {e})"
-        )
+    except Exception as e:  # the scan should have caught it; gguf raises ValueError/KeyError/IndexError
+        problem = f"the GGUF file is corrupt or of an unknown format (gguf reader: {e})"
         raise ModelFileError(path, problem) from None
-
-    tensors: dict[str, TensorRef] = {}
-    for t in reader.tensors:
-        qtype = GGMLQuantizationType(t.tensor_type)
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
-        block, tsize = GGML_QUANT_SIZES[qtype]
-        expect = int(np.prod(shape)) // block * tsize
-        end = int(t.data_offset) + expect
-        if end > size:
-            raise ModelFileError(
-                path,
-                f"file is truncated: tensor {t.name!r} ends at byte {end}, but the file has {size} bytes",
-            )
-        if qtype not in SUPPORTED:
-            raise ModelFileError(
-                path,
-                f"tensor {t.name!r} has type {qtype.name}, which this runner does not "
-                f"support (supported: {', '.join(sorted(q.name for q in SUPPORTED))})",
-            )
-        tensors[t.name] = TensorRef(t.name, qtype, shape, int(t.data_offset), expect)
-
-    spec = _spec(path, reader, tensors)
-    layers: list[dict[str, TensorRef]] = [{} for _ in range(spec.n_layer)]
-    globals_: dict[str, TensorRef] = {}
-    for name, ref in tensors.items():
-        if name.startswith("blk."):
-            _, idx, rest = name.split(".", 2)
-            if not idx.isdigit() or int(idx) >= spec.n_layer:
-                raise ModelFileError(path, f"tensor {name!r} is outside block_count={spec.n_layer}")
-            layers[int(idx)][rest] = ref
-        else:
-            globals_[name] = ref
+    tensors = _tensor_refs(path, reader)
+    meta = _Meta(path, reader)
+    spec = _spec(path, meta, tensors)
+    layers, globals_ = _group(path, spec, tensors)
     _check_tensors(path, spec, layers, globals_)
+    _check_vocab(path, meta, spec.n_vocab)
     metadata = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
     tok_meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.ggml.")}
     metadata["_tokenizer"] = tok_meta
     return GGUFModel(path, spec, metadata, layers, globals_, size)
 
 
-def _spec(path, reader: GGUFReader, tensors: dict[str, TensorRef]) -> ModelSpec:
-    arch = _require(path, reader, "general.architecture")
+def _regular_file_size(path: Path) -> int:
+    """The size of `path`, which must be a regular file (a FIFO would block the first read forever)."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise ModelFileError(path, f"cannot read the file ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelFileError(path, f"not a regular file ({_file_kind(st.st_mode)})")
+    return st.st_size
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISDIR, "directory"),
+    ):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def _tensor_refs(path, reader: GGUFReader) -> dict[str, TensorRef]:
+    tensors: dict[str, TensorRef] = {}
+    for t in reader.tensors:
+        qtype = GGMLQuantizationType(t.tensor_type)
+        if qtype not in SUPPORTED:
+            raise ModelFileError(
+                path,
+                f"tensor {t.name!r} has type {qtype.name}, which this runner does not "
+                f"support (supported: {', '.join(sorted(q.name for q in SUPPORTED))})",
+            )
+        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+        block, tsize = GGML_QUANT_SIZES[qtype]
+        nbytes = math.prod(shape) // block * tsize
+        tensors[t.name] = TensorRef(t.name, qtype, shape, int(t.data_offset), nbytes)
+    return tensors
+
+
+def _group(path, spec: ModelSpec, tensors: dict[str, TensorRef]):
+    """Per-layer tensor dicts (exactly block_count of them) and the global tensors."""
+    blocks: dict[int, dict[str, TensorRef]] = {}
+    globals_: dict[str, TensorRef] = {}
+    for name, ref in tensors.items():
+        if not name.startswith("blk."):
+            globals_[name] = ref
+            continue
+        _, idx, *rest = name.split(".", 2)
+        if not rest or not (idx.isascii() and idx.isdigit()):
+            raise ModelFileError(path, f"tensor name {name!r} is not of the form blk.N.NAME")
+        if int(idx) >= spec.n_layer:
+            raise ModelFileError(path, f"tensor {name!r} is outside block_count={spec.n_layer}")
+        blocks.setdefault(int(idx), {})[rest[0]] = ref
+    for i in range(spec.n_layer):  # stops at the first gap, so at most len(blocks) + 1 steps
+        if i not in blocks:
+            raise ModelFileError(
+                path,
+                f"metadata {spec.arch}.block_count is {spec.n_layer}, but tensor 'blk.{i}.attn_norm.weight' "
+                "is missing",
+            )
+    return [blocks[i] for i in range(spec.n_layer)], globals_
+
+
+def _spec(path, meta: _Meta, tensors: dict[str, TensorRef]) -> ModelSpec:
+    arch = meta.string("general.architecture")
     if arch not in SUPPORTED_ARCHS:
         raise ModelFileError(
             path,
@@ -181,44 +294,89 @@ def _spec(path, reader: GGUFReader, tensors: dict[str, TensorRef]) -> ModelSpec:
         )
     if "token_embd.weight" not in tensors:
         raise ModelFileError(path, "tensor 'token_embd.weight' is missing")
-    n_embd = int(_require(path, reader, f"{arch}.embedding_length"))
-    n_head = int(_require(path, reader, f"{arch}.attention.head_count"))
-    n_head_kv = _value(reader, f"{arch}.attention.head_count_kv", n_head)
-    if isinstance(n_head_kv, list):
-        raise ModelFileError(path, "per-layer head_count_kv is not supported")
-    head_dim = int(_value(reader, f"{arch}.attention.key_length", n_embd // n_head))
-    if int(_value(reader, f"{arch}.attention.value_length", head_dim)) != head_dim:
-        raise ModelFileError(path, "attention.value_length != attention.key_length is not supported")
-    rope_dim = int(_value(reader, f"{arch}.rope.dimension_count", head_dim))
+    n_embd, n_head, n_head_kv, head_dim = _attention_shape(path, meta, arch)
+    rope_dim = meta.integer(f"{arch}.rope.dimension_count", head_dim)
     if rope_dim != head_dim:
         raise ModelFileError(
             path,
             f"partial rotary embedding (rope.dimension_count={rope_dim}, "
             f"head dim {head_dim}) is not supported",
         )
-    scaling = _value(reader, f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", "linear", None):
+    scaling = meta.string(f"{arch}.rope.scaling.type", "none")
+    if scaling not in ("none", "linear"):
         raise ModelFileError(path, f"rope scaling {scaling!r} is not supported (supported: none, linear)")
-    linear = float(_value(reader, f"{arch}.rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0
-    n_vocab = tensors["token_embd.weight"].shape[0]
+    linear = meta.number(f"{arch}.rope.scaling.factor", 1.0) if scaling == "linear" else 1.0
     return ModelSpec(
         arch=arch,
-        name=str(_value(reader, "general.name", path.name)),
-        n_vocab=int(n_vocab),
-        n_ctx_train=int(_require(path, reader, f"{arch}.context_length")),
+        name=meta.string("general.name", path.name),
+        n_vocab=tensors["token_embd.weight"].shape[0],
+        n_ctx_train=meta.integer(f"{arch}.context_length", hi=MAX_CONTEXT),
         n_embd=n_embd,
-        n_layer=int(_require(path, reader, f"{arch}.block_count")),
-        n_ff=int(_require(path, reader, f"{arch}.feed_forward_length")),
+        n_layer=meta.integer(f"{arch}.block_count"),
+        n_ff=meta.integer(f"{arch}.feed_forward_length"),
         n_head=n_head,
-        n_head_kv=int(n_head_kv),
+        n_head_kv=n_head_kv,
         head_dim=head_dim,
-        rope_theta=float(_value(reader, f"{arch}.rope.freq_base", 10000.0)),
-        rms_eps=float(_require(path, reader, f"{arch}.attention.layer_norm_rms_epsilon")),
+        rope_theta=meta.number(f"{arch}.rope.freq_base", 10000.0),
+        rms_eps=meta.number(f"{arch}.attention.layer_norm_rms_epsilon"),
         rope_permuted=arch == "llama",
-        rope_linear_factor=linear or 1.0,
-        file_type=_value(reader, "general.file_type"),
-        chat_template=_value(reader, "tokenizer.chat_template"),
+        rope_linear_factor=linear,
+        file_type=meta.integer("general.file_type", None, lo=0),
+        chat_template=meta.string("tokenizer.chat_template", None),
     )
+
+
+def _attention_shape(path, meta: _Meta, arch: str) -> tuple[int, int, int, int]:
+    """n_embd, n_head, n_head_kv and the head dimension, checked against each other."""
+    key = f"{arch}.attention"
+    n_embd = meta.integer(f"{arch}.embedding_length")
+    n_head = meta.integer(f"{key}.head_count")
+    n_head_kv = meta.integer(f"{key}.head_count_kv", n_head)
+    if n_head % n_head_kv:
+        meta.bad(f"{key}.head_count_kv", f"a divisor of {key}.head_count ({n_head})")
+    if f"{key}.key_length" not in meta.fields and n_embd % n_head:
+        meta.bad(f"{arch}.embedding_length", f"a multiple of {key}.head_count ({n_head})")
+    head_dim = meta.integer(f"{key}.key_length", n_embd // n_head)
+    if head_dim % 2:
+        raise ModelFileError(
+            path, f"the attention head dimension is {head_dim}; rotary embedding needs an even one"
+        )
+    if meta.integer(f"{key}.value_length", head_dim) != head_dim:
+        raise ModelFileError(path, "attention.value_length != attention.key_length is not supported")
+    return n_embd, n_head, n_head_kv, head_dim
+
+
+def _check_vocab(path, meta: _Meta, n_vocab: int) -> None:
+    """The token lists agree with each other and with token_embd; the special ids name real tokens."""
+    meta.string("tokenizer.ggml.model")
+    meta.string("tokenizer.ggml.pre", None)
+    tokens = meta.array("tokenizer.ggml.tokens", frozenset({T.STRING}), "strings")
+    if not tokens:
+        raise ModelFileError(path, "metadata key 'tokenizer.ggml.tokens' is missing or empty")
+    if len(tokens) != n_vocab:
+        raise ModelFileError(
+            path,
+            f"metadata tokenizer.ggml.tokens has {len(tokens)} entries, but token_embd.weight has "
+            f"{n_vocab} rows (the vocabulary size)",
+        )
+    for key, kinds, what in (
+        ("scores", _NUMBERS, "numbers"),
+        ("token_type", _INTS, "integers"),
+    ):
+        values = meta.array(f"tokenizer.ggml.{key}", kinds, what)
+        if values is not None and len(values) != n_vocab:
+            raise ModelFileError(
+                path,
+                f"metadata tokenizer.ggml.{key} has {len(values)} entries; must have one per token "
+                f"({n_vocab})",
+            )
+    for i, m in enumerate(meta.array("tokenizer.ggml.merges", frozenset({T.STRING}), "strings") or []):
+        if " " not in m[1:]:
+            raise ModelFileError(path, f"metadata tokenizer.ggml.merges[{i}] is {m!r}; must be 'LEFT RIGHT'")
+    for name in SPECIAL_IDS:
+        meta.integer(f"tokenizer.ggml.{name}_token_id", None, lo=0, hi=n_vocab - 1)
+    for name in ("add_bos_token", "add_eos_token", "add_space_prefix"):
+        meta.flag(f"tokenizer.ggml.{name}")
 
 
 _LAYER_TENSORS = {
@@ -246,6 +404,8 @@ def _check_tensors(path, spec: ModelSpec, layers: list[dict[str, TensorRef]], gl
         for name in _LAYER_TENSORS:
             if name not in layer:
                 raise ModelFileError(path, f"tensor 'blk.{i}.{name}' is missing")
+        if ("attn_q_norm.weight" in layer) != ("attn_k_norm.weight" in layer):
+            raise ModelFileError(path, f"block {i} has only one of attn_q_norm.weight and attn_k_norm.weight")
         for name, ref in layer.items():
             want = (_LAYER_TENSORS | _OPTIONAL).get(name)
             if want is None:
@@ -263,8 +423,11 @@ def _check_tensors(path, spec: ModelSpec, layers: list[dict[str, TensorRef]], gl
             )
     if "output_norm.weight" not in globals_:
         raise ModelFileError(path, "tensor 'output_norm.weight' is missing")
+    norm = globals_["output_norm.weight"].shape
+    if norm != (spec.n_embd,):
+        raise ModelFileError(path, f"output_norm.weight has shape {list(norm)}, expected [{spec.n_embd}]")
     emb = globals_["token_embd.weight"].shape
-    if emb[1] != spec.n_embd:
+    if len(emb) != 2 or emb[1] != spec.n_embd:
         raise ModelFileError(path, f"token_embd.weight has shape {list(emb)}, expected [*, {spec.n_embd}]")
     out = globals_.get("output.weight")
     if out is not None and out.shape != emb:

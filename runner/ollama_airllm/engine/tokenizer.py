@@ -127,12 +127,15 @@ def from_gguf_metadata(meta: dict, path: str = "") -> Tokenizer:
     if not tokens:
         raise ModelFileError(path, "metadata key 'tokenizer.ggml.tokens' is missing or empty")
     types = list(t.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens))
-    if model == "gpt2":
-        backend, pieces = _bpe_backend(t, tokens, types)
-    elif model == "llama":
-        backend, pieces = _spm_backend(meta, tokens, types, path)
-    else:
+    if model not in ("gpt2", "llama"):
         raise ModelFileError(path, f"tokenizer model {model!r} is not supported (supported: gpt2, llama)")
+    try:
+        if model == "gpt2":
+            backend, pieces = _bpe_backend(t, tokens, types)
+        else:
+            backend, pieces = _spm_backend(meta, tokens, types, path)
+    except Exception as e:  # tokenizers raises bare Exception for e.g. a merge of unknown tokens
+        raise ModelFileError(path, f"the tokenizer metadata cannot be used: {_one_line(e)}") from None
     bos = t.get("tokenizer.ggml.bos_token_id")
     eos = t.get("tokenizer.ggml.eos_token_id")
     eog = {
@@ -154,6 +157,10 @@ def from_gguf_metadata(meta: dict, path: str = "") -> Tokenizer:
         bool(add_bos),
         bool(t.get("tokenizer.ggml.add_eos_token", False)),
     )
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _added(tokens: list[str], types: list[int]):
