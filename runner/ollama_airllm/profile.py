@@ -298,8 +298,8 @@ class AirLLMSettings(_Strict):
 class Pins(_Strict):
     """Upstream versions the package is built from; fixed by this release of the package."""
 
-    ollama: Literal["0.32.15"] = "0.32.15"
-    llama_cpp: Literal["b10488"] = "b10488"
+    ollama: Literal["0.34.4"] = "0.34.4"
+    llama_cpp: Literal["b11081"] = "b11081"
     airllm: Literal["4.0.0"] = "4.0.0"
 
 

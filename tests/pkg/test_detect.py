@@ -121,7 +121,7 @@ def test_fixture_tree(case: str) -> None:
     assert profile.amdgpu_targets == targets
     assert [gpu.integrated for gpu in profile.gpus] == integrated
     assert profile.gpus[0].vram_total_bytes / GIB == pytest.approx(vram0, abs=0.01)
-    assert profile.pins.ollama == "0.32.15"
+    assert profile.pins.ollama == "0.34.4"
     assert profile.system.ram_bytes is not None and profile.system.ram_bytes >= 16 * GIB
 
 

@@ -60,7 +60,7 @@ def test_reference_profiles_exist() -> None:
 def test_every_reference_profile_loads(path: Path) -> None:
     profile = load_profile(path)
     assert profile.name == path.stem
-    assert profile.pins.ollama == "0.32.15"
+    assert profile.pins.ollama == "0.34.4"
     assert profile.visible_gpus
     # Written back and read again, nothing changes.
     assert validate_profile(yaml.safe_load(profile_to_yaml(profile))) == profile
@@ -100,7 +100,7 @@ def test_defaults_fill_optional_sections(base: dict) -> None:
     profile = validate_profile(data)
     assert profile.ollama.keep_alive == "5m"
     assert profile.airllm.compression == "none"
-    assert profile.pins.llama_cpp == "b10488"
+    assert profile.pins.llama_cpp == "b11081"
 
 
 def test_unquoted_pci_slot_stays_a_string(tmp_path: Path) -> None:
@@ -171,8 +171,8 @@ BAD_VALUES = [
     ("airllm.compression", "2bit", "airllm.compression: got '2bit'; allowed: 'none', '8bit' or '4bit'"),
     ("airllm.cache_dir", "/var/lib/ollama/air`id`", "airllm.cache_dir: got '/var/lib/ollama/air`id`'"),
     ("airllm.vram_reserve_mib", -5, "airllm.vram_reserve_mib: got -5"),
-    ("pins.ollama", "0.32.14", "pins.ollama: got '0.32.14'; allowed: '0.32.15'"),
-    ("pins.llama_cpp", "b10489", "pins.llama_cpp: got 'b10489'; allowed: 'b10488'"),
+    ("pins.ollama", "0.34.3", "pins.ollama: got '0.34.3'; allowed: '0.34.4'"),
+    ("pins.llama_cpp", "b11082", "pins.llama_cpp: got 'b11082'; allowed: 'b11081'"),
     ("pins.airllm", "4.0.1", "pins.airllm: got '4.0.1'; allowed: '4.0.0'"),
     ("schema_version", 2, "schema_version: got 2; allowed: 1"),
 ]

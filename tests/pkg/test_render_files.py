@@ -63,10 +63,10 @@ def test_pkgbuild_pins_and_targets(default_files):
     assert "pkgname=ollama-airllm-rocm\n" in pkgbuild
     assert "_targets=gfx1100\n" in pkgbuild
     assert (
-        "git+https://github.com/ollama/ollama.git#commit=b7871fc0d1d82fe109536efa3e0e8e411c766c75" in pkgbuild
+        "git+https://github.com/ollama/ollama.git#commit=b2da9e468af2479058ae18c6d908ed29de410684" in pkgbuild
     )
-    assert "llama.cpp.git#tag=b10488" in pkgbuild
-    assert "provides=(ollama=0.32.15 ollama-rocm=0.32.15)" in pkgbuild
+    assert "llama.cpp.git#tag=b11081" in pkgbuild
+    assert "provides=(ollama=0.34.4 ollama-rocm=0.34.4)" in pkgbuild
     assert "backup=(etc/default/ollama etc/ollama-airllm/profile.yaml)" in pkgbuild
     for src in PRIVATE_PYTHON:
         assert re.fullmatch(r"[0-9a-f]{64}", src.sha256), src.name

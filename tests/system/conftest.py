@@ -389,7 +389,7 @@ def packages(tmp_path_factory, stage_notes):
         f"{time.monotonic() - started:.1f} s"
     )
     stage_notes.add(
-        "NOT built here: Ollama v0.32.15 with its ROCm/HIP backend (no ROCm toolchain or GPU here); "
+        "NOT built here: Ollama v0.34.4 with its ROCm/HIP backend (no ROCm toolchain or GPU here); "
         "the CI variant leaves /usr/bin/ollama out"
     )
     # name-pkgver-pkgrel-arch.pkg.tar.zst

@@ -1,6 +1,6 @@
 """Turn sysfs facts into a list of GPUs, choose the visible ones and the HSA override, and build a Profile.
 
-Override policy (one HSA_OVERRIDE_GFX_VERSION for all visible GPUs): Ollama v0.32.15 reads only the plain
+Override policy (one HSA_OVERRIDE_GFX_VERSION for all visible GPUs): Ollama v0.34.4 reads only the plain
 variable when it filters devices, so with a per-node `HSA_OVERRIDE_GFX_VERSION_<n>` alone it would still
 drop the GPU. An override is harmless on a GPU whose own target is the override's target (gfx1100 under
 11.0.0), so GPUs are grouped by the kernels they would run; if the candidates need different overrides, the

@@ -1,4 +1,4 @@
-"""AMD gfx target names, KFD version numbers and what Ollama v0.32.15's `rocm_v7_2` build supports."""
+"""AMD gfx target names, KFD version numbers and what Ollama v0.34.4's `rocm_v7_2` build supports."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ class GfxVersion:
 
 
 def is_supported(gfx: str) -> bool:
-    """Whether Ollama v0.32.15's rocm_v7_2 build ships kernels for this target."""
+    """Whether Ollama v0.34.4's rocm_v7_2 build ships kernels for this target."""
     return gfx in ROCM_V7_2_TARGETS
 
 

@@ -4,7 +4,7 @@ PyPI files were downloaded with `pip download --no-deps --no-binary NAME NAME==V
 has wheels only) and hashed with sha256sum; the sums match PyPI's simple index, which also gave each file's
 permanent URL. The git sources could not be fetched where the package is
 rendered, so they carry 'SKIP' and are pinned as strongly as makepkg allows: Ollama by the full commit id
-of its v0.32.15 tag (the commit id hashes the whole tree), llama.cpp by its release tag, which makepkg
+of its v0.34.4 tag (the commit id hashes the whole tree), llama.cpp by its release tag, which makepkg
 refuses to check out if it has been forged (re-tagged).
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-OLLAMA_VERSION = "0.32.15"
-OLLAMA_COMMIT = "b7871fc0d1d82fe109536efa3e0e8e411c766c75"  # tag v0.32.15
-LLAMA_CPP_TAG = "b10488"
+OLLAMA_VERSION = "0.34.4"
+OLLAMA_COMMIT = "b2da9e468af2479058ae18c6d908ed29de410684"  # tag v0.34.4
+LLAMA_CPP_TAG = "b11081"  # Ollama v0.34.4's LLAMA_CPP_VERSION
 
 _PYPI = "https://files.pythonhosted.org/packages"
 
