@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import yaml
 from ollama_airllm.doctor import probe
 from ollama_airllm.doctor.outcome import not_applicable
 from ollama_airllm.errors import UserError
-from ollama_airllm.profile import Profile, default_profile_path, load_profile, validate_profile
+from ollama_airllm.profile import Profile, default_profile_path, load_profile, profile_from_yaml
 
 AMD_VENDOR = "0x1002"
 
@@ -115,9 +114,7 @@ def loaded_profile(host: Any, request: pytest.FixtureRequest) -> LoadedProfile:
         remote = host.file(path)
         if remote.exists:
             try:
-                return LoadedProfile(validate_profile(yaml.safe_load(remote.content_string), path), path)
-            except yaml.YAMLError as exc:
-                return LoadedProfile(None, f"{path} is not valid YAML ({' '.join(str(exc).split())})")
+                return LoadedProfile(profile_from_yaml(remote.content_string, path), path)
             except UserError as exc:
                 return LoadedProfile(None, exc.message)
     try:
