@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-# Ollama v0.32.15's parsers of llama-server output (llm/llama_server.go, memoryParsingWriter)
+# Ollama v0.34.4's parsers of llama-server output (llm/llama_server.go, memoryParsingWriter)
 BUFFER_RE = re.compile(
     r"(?m)(?:^|\n)[^\n:]*?([A-Za-z_][A-Za-z0-9_]*):\s+(\S+)\s+(model|KV|compute|output|RS)"
     r"\s+buffer size\s*=\s*([\d.]+)\s*MiB"
@@ -280,7 +280,7 @@ def test_standalone_serve_with_embeddings(chat_model, srvtools, module_servers):
 
 
 def test_ollama_completion_request(runner):
-    """The body Ollama v0.32.15 sends (llamaServerCompletionRequest), read as Ollama reads the stream."""
+    """The body Ollama v0.34.4 sends (llamaServerCompletionRequest), read as Ollama reads the stream."""
     body = {
         "prompt": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
         "stream": True,

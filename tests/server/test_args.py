@@ -1,4 +1,4 @@
-"""The runner's command line: every flag Ollama v0.32.15 passes to llama-server is accepted."""
+"""The runner's command line: every flag Ollama v0.34.4 passes to llama-server is accepted."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Conformance: the real llama-server (llama.cpp b10488, CPU) and our runner on the same tiny F32 GGUF.
+"""Conformance: the real llama-server (b11076, CPU) and our runner on the same tiny F32 GGUF.
 
 Both are started with the command line Ollama uses; the same requests go to both. Compared: status codes,
 JSON keys and value types (recursively), the SSE event sequence, /tokenize tokens and greedy /completion

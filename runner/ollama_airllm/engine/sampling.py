@@ -5,6 +5,8 @@ constraint mask -> penalties (repeat, frequency, presence over the last repeat_l
 -> top_k -> typical_p -> top_p -> min_p -> temperature -> draw from the softmax with a seeded generator.
 temperature <= 0 keeps only the most likely token (greedy). Disabled values as in llama.cpp: top_k <= 0,
 typical_p >= 1, top_p >= 1, min_p <= 0, repeat_last_n == 0, penalties 1.0/0.0/0.0.
+Any finite parameter is safe: penalties are computed in float64 and kept within float32's finite range,
+and a temperature so small that the logits overflow keeps only the top tokens.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: pick a random seed
+FLT_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass
@@ -86,16 +89,20 @@ class Sampler:
             x = _top_p(x, p.top_p, min_keep)
         if p.min_p > 0.0:
             x = _min_p(x, p.min_p, min_keep)
-        if p.temperature <= 0:
+        t = _temperature(p.temperature)
+        if t <= 0:
             best = int(torch.argmax(x))
             y = torch.full_like(x, float("-inf"))
             y[best] = x[best]
             return y
-        return x / p.temperature
+        y = x / t
+        if torch.isposinf(y).any():  # a tiny temperature: relative to the best token, the rest vanish
+            y = (x - x.max()) / t
+        return y
 
     def sample(self, logits: torch.Tensor) -> int:
         x = self.filter(logits)
-        if self.p.temperature <= 0:
+        if _temperature(self.p.temperature) <= 0:
             return int(torch.argmax(x))
         probs = torch.softmax(x, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.gen))
@@ -108,11 +115,18 @@ class Sampler:
             return
         counts = Counter(self.window)
         ids = torch.tensor(list(counts), dtype=torch.long)
-        n = torch.tensor([counts[i] for i in counts], dtype=torch.float32)
-        v = x[ids]
+        n = torch.tensor([counts[i] for i in counts], dtype=torch.float64)
+        old = x[ids]
+        v = old.double()
         v = torch.where(v <= 0, v * p.repeat_penalty, v / p.repeat_penalty)
-        v = v - n * p.frequency_penalty - (n > 0).float() * p.presence_penalty
-        x[ids] = v
+        v = v - n * p.frequency_penalty - p.presence_penalty
+        # masked tokens (-inf) stay masked; overflow (repeat_penalty 0, huge penalties) saturates
+        x[ids] = torch.where(torch.isfinite(old), v.clamp(-FLT_MAX, FLT_MAX).float(), old)
+
+
+def _temperature(t: float) -> float:
+    """The temperature as llama.cpp's float holds it: huge values saturate, tiny ones round to 0."""
+    return float(torch.tensor(min(t, FLT_MAX), dtype=torch.float32))
 
 
 def _keep_only(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

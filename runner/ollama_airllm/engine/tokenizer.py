@@ -95,7 +95,9 @@ class Tokenizer:
     def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Token ids of `text`; add_special adds BOS/EOS as the model's metadata asks."""
         backend = self._special if parse_special else self._plain
-        ids = backend.encode(text, add_special_tokens=False).ids
+        # encode_batch releases the GIL while it works (encode does not), so a long text tokenized in a
+        # worker thread does not stall the server's event loop
+        ids = backend.encode_batch([text], add_special_tokens=False)[0].ids
         if add_special and self.add_bos and self.bos_id is not None:
             ids = [self.bos_id, *ids]
         if add_special and self.add_eos and self.eos_id is not None:

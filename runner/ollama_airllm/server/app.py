@@ -18,9 +18,9 @@ from .args import RunnerConfig
 from .chat import BUILTIN_TEMPLATES, CHATML, parse_chat_request
 from .errors import ApiError, ContextError, json_type
 from .grammar import GrammarFactory
-from .openapi import BODIES
+from .openapi import BODIES, STATUS
 from .params import CompletionOptions, parse_completion
-from .prompt import tokenize_mixed, tokenize_prompts
+from .prompt import PromptLimit, tokenize_mixed, tokenize_prompts
 from .responses import ChatFormat, CompletionFormat
 from .slots import SlotPool
 from .toolcalls import THINK_OPEN, detect_format
@@ -40,6 +40,7 @@ class Runner:
         self.grammars: GrammarFactory | None = None
         self.load_error: str | None = None
         self.ready = threading.Event()
+        self.max_body = MIN_BODY_LIMIT
         self.model_name = config.alias or config.model
         self.template = CHATML
         self.tool_format = "hermes"
@@ -66,7 +67,14 @@ class Runner:
         self.tool_format = detect_format(self.template)
         self.slots = SlotPool(engine, self.info.n_slots)
         self.grammars = GrammarFactory(self.tokenizer, self.info.n_vocab)
+        self.max_body = body_limit(self.info.n_ctx * self.info.n_slots)
+        self.prompt_limit = PromptLimit(self.info.n_ctx, 4 * self._longest_piece())
         self.ready.set()
+
+    def _longest_piece(self) -> int:
+        """Characters in the vocabulary's longest token (at least 1)."""
+        pieces = (self.tokenizer.token_to_piece(i, special=True) for i in range(self.tokenizer.n_vocab))
+        return max((len(p.decode("utf-8", errors="replace")) for p in pieces), default=1) or 1
 
     def token_text(self, tok: int | None) -> str:
         if tok is None:
@@ -74,19 +82,112 @@ class Runner:
         return self.tokenizer.token_to_piece(tok, special=True).decode("utf-8", errors="replace")
 
 
-async def read_json(request: Request) -> dict:
-    raw = await request.body()
+MAX_DEPTH = 256  # JSON nesting levels; deeper bodies are refused before any code can recurse on them
+MIN_BODY_LIMIT = 16 << 20  # bytes; grows with the context (see body_limit)
+BYTES_PER_TOKEN = 64  # generous for JSON-escaped text: a body this size per context token always fits
+
+
+def body_limit(n_ctx_total: int) -> int:
+    """The largest request body taken: 16 MiB, or 64 bytes per context token when that is more."""
+    return max(MIN_BODY_LIMIT, BYTES_PER_TOKEN * n_ctx_total)
+
+
+async def read_json(request: Request, limit: int) -> dict:
+    """The body as a JSON object; 413 past `limit` bytes. Parsing and checks run off the event loop."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return await asyncio.to_thread(parse_body, b"".join(chunks))
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(f"request body too large: the limit is {limit} bytes ({limit >> 20} MiB)", 413)
+
+
+def parse_body(raw: bytes) -> dict:
+    """nlohmann's rules: strict UTF-8, no NaN/Infinity, no lone surrogates; plus a nesting bound."""
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(f"[json.exception.parse_error.101] parse error: {e}") from None
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ApiError(
+            f"{_PARSE_ERROR}: invalid string: ill-formed UTF-8 byte at offset {e.start}"
+        ) from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError as e:
+        raise ApiError(f"{_PARSE_ERROR}: {e}") from None
     if not isinstance(data, dict):
         raise ApiError(f"the request body must be a JSON object, got {json_type(data)}")
+    _check_tree(data)
     return data
+
+
+_PARSE_ERROR = "[json.exception.parse_error.101] parse error"
+
+
+def _too_deep() -> ApiError:
+    return ApiError(f"{_PARSE_ERROR}: the JSON is nested deeper than {MAX_DEPTH} levels")
 
 
 def _reject_constant(name: str):
     raise ValueError(f"invalid literal {name} (JSON has no NaN or Infinity)")
+
+
+def _check_tree(data: dict) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and strings with lone UTF-16 surrogates (without recursion)."""
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        children = v.values() if isinstance(v, dict) else v
+        if isinstance(v, dict):
+            for k in v:
+                _check_text(data, k)
+        for c in children:
+            if isinstance(c, str):
+                _check_text(data, c)
+            elif isinstance(c, dict | list):
+                stack.append((c, depth + 1))
+
+
+def _check_text(data: dict, s: str) -> None:
+    if s.isascii():
+        return
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        where = _path_of(data, s).encode("utf-8", "backslashreplace").decode()  # the answer is UTF-8
+        raise ApiError(
+            f"{_PARSE_ERROR}: invalid string in {where}: lone surrogate U+{ord(s[e.start]):04X} "
+            "(a UTF-16 surrogate escape must be one of a high/low pair)"
+        ) from None
+
+
+def _path_of(data: dict, target: str) -> str:
+    """Where `target` (this very string object) sits in the body, e.g. 'messages[0].content'."""
+    stack: list[tuple[object, str]] = [(data, "")]
+    while stack:
+        v, path = stack.pop()
+        items = v.items() if isinstance(v, dict) else enumerate(v)
+        for k, c in items:
+            sub = f"{path}.{k}" if isinstance(k, str) else f"{path}[{k}]"
+            if k is target:
+                return f"the key '{sub.lstrip('.')}'"
+            if c is target:
+                return f"'{sub.lstrip('.')}'"
+            if isinstance(c, dict | list):
+                stack.append((c, sub))
+    return "the body"
 
 
 def _sse(obj) -> str:
@@ -157,12 +258,12 @@ def create_app(runner: Runner) -> FastAPI:
 
     # --- status ------------------------------------------------------------------------------------------
 
-    @app.get("/health")
+    @app.get("/health", openapi_extra=STATUS)
     @app.get("/v1/health", include_in_schema=False)
     async def health():
         return {"status": "ok"}
 
-    @app.get("/props")
+    @app.get("/props", openapi_extra=STATUS)
     async def props():
         info = runner.info
         return {
@@ -208,7 +309,7 @@ def create_app(runner: Runner) -> FastAPI:
             "This server does not support changing global properties. Start it with `--props`", 501
         )
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", openapi_extra=STATUS)
     @app.get("/models", include_in_schema=False)
     async def models():
         info = runner.info
@@ -263,31 +364,12 @@ def create_app(runner: Runner) -> FastAPI:
 
     @app.post("/tokenize", openapi_extra=BODIES["tokenize"])
     async def tokenize(request: Request):
-        body = await read_json(request)
-        add_special = _flag(body, "add_special", False)
-        parse_special = _flag(body, "parse_special", True)
-        with_pieces = _flag(body, "with_pieces", False)
-        if "content" not in body:
-            return {"tokens": []}
-        content = body["content"]
-        if not isinstance(content, str | list):
-            raise ApiError(f"Field 'content': must be a string or an array, but is {json_type(content)}")
-        toks = tokenize_mixed(runner.tokenizer, content, add_special, parse_special)
-        if not with_pieces:
-            return {"tokens": toks}
-        out = []
-        for t in toks:
-            raw = runner.tokenizer.token_to_piece(t) if 0 <= t < runner.info.n_vocab else b""
-            try:
-                piece = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                piece = list(raw)
-            out.append({"id": t, "piece": piece})
-        return {"tokens": out}
+        body = await read_json(request, runner.max_body)
+        return await asyncio.to_thread(_tokenize, runner, body)
 
     @app.post("/detokenize", openapi_extra=BODIES["detokenize"])
     async def detokenize(request: Request):
-        body = await read_json(request)
+        body = await read_json(request, runner.max_body)
         toks = body.get("tokens", [])
         if not isinstance(toks, list) or not all(
             isinstance(t, int) and not isinstance(t, bool) for t in toks
@@ -296,16 +378,19 @@ def create_app(runner: Runner) -> FastAPI:
         bad = [t for t in toks if not 0 <= t < runner.info.n_vocab]
         if bad:
             raise ApiError(f"token id {bad[0]} is outside the vocabulary (0..{runner.info.n_vocab - 1})")
-        return {"content": runner.tokenizer.decode(toks, special=True)}
+        text = await asyncio.to_thread(runner.tokenizer.decode, toks, special=True)
+        return {"content": text}
 
     # --- generation --------------------------------------------------------------------------------------
 
     @app.post("/completion", openapi_extra=BODIES["completion"])
     @app.post("/completions", include_in_schema=False)
     async def completion(request: Request):
-        body = await read_json(request)
+        body = await read_json(request, runner.max_body)
         opts = _parse_options(runner, body)
-        prompts = tokenize_prompts(runner.tokenizer, body.get("prompt"), runner.info.n_vocab)
+        prompts = await asyncio.to_thread(
+            tokenize_prompts, runner.tokenizer, body.get("prompt"), runner.info.n_vocab, runner.prompt_limit
+        )
         if len(prompts) > 1 or opts.n_cmpl > 1:
             raise ApiError(
                 "several prompts (or n_cmpl > 1) in one request are not supported by the "
@@ -321,8 +406,8 @@ def create_app(runner: Runner) -> FastAPI:
     @app.post("/v1/chat/completions", openapi_extra=BODIES["chat"])
     @app.post("/chat/completions", include_in_schema=False)
     async def chat_completions(request: Request):
-        body = await read_json(request)
-        chat = _chat_prompt(runner, body)
+        body = await read_json(request, runner.max_body)
+        chat = await asyncio.to_thread(_chat_prompt, runner, body)
         data = {
             k: v
             for k, v in body.items()
@@ -332,8 +417,9 @@ def create_app(runner: Runner) -> FastAPI:
             data["n_probs"] = body.get("top_logprobs") or 1
         opts = _parse_options(runner, data)
         opts.sampling.stop = chat.stop or list(runner.defaults.stop)
-        opts.grammar, opts.json_schema = chat.grammar, chat.json_schema
-        prompt = tokenize_mixed(runner.tokenizer, chat.prompt, True, True)
+        opts.grammar, opts.json_schema, opts.schema_field = chat.grammar, chat.json_schema, chat.schema_field
+        runner.prompt_limit.check(chat.prompt)
+        prompt = await asyncio.to_thread(tokenize_mixed, runner.tokenizer, chat.prompt, True, True)
         think_open = chat.prompt.rstrip().endswith(THINK_OPEN)
         model = body.get("model") if isinstance(body.get("model"), str) else runner.model_name
 
@@ -346,8 +432,9 @@ def create_app(runner: Runner) -> FastAPI:
 
     @app.post("/apply-template", openapi_extra=BODIES["chat"])
     async def apply_template(request: Request):
-        body = await read_json(request)
-        return {"prompt": _chat_prompt(runner, body).prompt}
+        body = await read_json(request, runner.max_body)
+        chat = await asyncio.to_thread(_chat_prompt, runner, body)
+        return {"prompt": chat.prompt}
 
     # --- embeddings --------------------------------------------------------------------------------------
 
@@ -367,6 +454,30 @@ def _parse_options(runner: Runner, body: dict) -> CompletionOptions:
     opts = parse_completion(body, runner.defaults, runner.info.n_slots)
     opts.sampling.min_keep = min(opts.sampling.min_keep, runner.info.n_vocab)  # "keep all" beyond the vocab
     return opts
+
+
+def _tokenize(runner: Runner, body: dict) -> dict:
+    """/tokenize's answer (in a worker thread: a long text must not hold up the event loop)."""
+    add_special = _flag(body, "add_special", False)
+    parse_special = _flag(body, "parse_special", True)
+    with_pieces = _flag(body, "with_pieces", False)
+    if "content" not in body:
+        return {"tokens": []}
+    content = body["content"]
+    if not isinstance(content, str | list):
+        raise ApiError(f"Field 'content': must be a string or an array, but is {json_type(content)}")
+    toks = tokenize_mixed(runner.tokenizer, content, add_special, parse_special)
+    if not with_pieces:
+        return {"tokens": toks}
+    out = []
+    for t in toks:
+        raw = runner.tokenizer.token_to_piece(t) if 0 <= t < runner.info.n_vocab else b""
+        try:
+            piece = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            piece = list(raw)
+        out.append({"id": t, "piece": piece})
+    return {"tokens": out}
 
 
 def _flag(body: dict, name: str, default: bool) -> bool:
@@ -407,7 +518,7 @@ def _chat_prompt(runner: Runner, body: dict):
 
 def _constraint(runner: Runner, opts: CompletionOptions):
     if opts.json_schema is not None:
-        return runner.grammars.from_json_schema(opts.json_schema)
+        return runner.grammars.from_json_schema(opts.json_schema, opts.schema_field)
     if opts.grammar:
         return runner.grammars.from_gbnf(opts.grammar)
     return None
@@ -487,7 +598,7 @@ async def _generate(runner: Runner, request: Request, prompt: list[int], opts: C
 async def _embeddings(runner: Runner, request: Request, oai: bool):
     if not runner.config.embedding:
         raise ApiError("This server does not support embeddings. Start it with `--embeddings`", 501)
-    body = await read_json(request)
+    body = await read_json(request, runner.max_body)
     if "input" in body:
         prompt = body["input"]
     elif "content" in body:
@@ -500,16 +611,17 @@ async def _embeddings(runner: Runner, request: Request, oai: bool):
     norm = body.get("embd_normalize", 2)
     if isinstance(norm, bool) or not isinstance(norm, int):
         raise ApiError(f"Field 'embd_normalize': type must be number, but is {json_type(norm)}")
-    token_lists = tokenize_prompts(runner.tokenizer, prompt, runner.info.n_vocab)
+    token_lists = await asyncio.to_thread(
+        tokenize_prompts, runner.tokenizer, prompt, runner.info.n_vocab, runner.prompt_limit
+    )
     results = []
     for toks in token_lists:
         if not toks:
             raise ApiError("Input content cannot be empty")
-        if len(toks) > runner.info.n_ctx:
+        if len(toks) > runner.info.n_ctx:  # llama-server answers this with a 500; it is the input's fault
             raise ApiError(
                 f"input ({len(toks)} tokens) is too large to process. increase the physical batch "
-                f"size (current batch size: {runner.info.n_ctx})",
-                500,
+                f"size (current batch size: {runner.info.n_ctx})"
             )
         vec = await runner.slots.run_exclusive(runner.engine.embed, toks)
         results.append((_normalize(vec, norm), len(toks)))

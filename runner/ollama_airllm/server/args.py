@@ -1,4 +1,4 @@
-"""llama-server's command line, as Ollama v0.32.15 passes it, parsed into a RunnerConfig.
+"""llama-server's command line, as Ollama v0.34.4 passes it, parsed into a RunnerConfig.
 
 Flags that mean something to the runner are honoured; flags that only tune llama.cpp internals are
 accepted and reported as ignored; anything else is a usage error (exit 2), like llama-server.

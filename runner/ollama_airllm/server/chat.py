@@ -27,6 +27,7 @@ class ChatPrompt:
     stop: list[str]
     json_schema: object | None
     grammar: str | None
+    schema_field: str = "json_schema"
     tools: list = field(default_factory=list)
     parse_tools: bool = False
 
@@ -41,7 +42,7 @@ def _normalize_messages(messages) -> list[dict]:
     if not isinstance(messages, list):
         raise ApiError("Expected 'messages' to be an array")
     out = []
-    for msg in messages:
+    for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise ApiError(f"Expected each message to be an object, got {json_type(msg)}")
         role = msg.get("role")
@@ -55,7 +56,7 @@ def _normalize_messages(messages) -> list[dict]:
         if content is not None and not isinstance(content, str | list):
             raise ApiError("Expected 'content' to be a string or an array")
         if isinstance(content, list):
-            for p in content:
+            for j, p in enumerate(content):
                 kind = p.get("type") if isinstance(p, dict) else None
                 if kind in ("image_url", "input_audio", "input_video"):
                     raise ApiError(
@@ -64,6 +65,11 @@ def _normalize_messages(messages) -> list[dict]:
                     )
                 if kind != "text":
                     raise ApiError("unsupported content[].type")
+                if "text" in p and not isinstance(p["text"], str):
+                    raise ApiError(
+                        f"Field 'messages[{i}].content[{j}].text': type must be string, "
+                        f"but is {json_type(p['text'])}"
+                    )
         m = {k: v for k, v in msg.items() if k != "content"}
         m["content"] = _content_text(content)
         if isinstance(msg.get("tool_calls"), list):
@@ -136,6 +142,7 @@ def parse_chat_request(
     grammar = body.get("grammar")
     if json_schema is not None and grammar:
         raise ApiError("Cannot use both json_schema and grammar")
+    schema_field = "json_schema"
     rf = body.get("response_format")
     if rf is not None:
         if not isinstance(rf, dict):
@@ -143,10 +150,10 @@ def parse_chat_request(
         kind = rf.get("type", "")
         if kind == "json_object":
             if "schema" in rf or json_schema is None:
-                json_schema = rf.get("schema", {})
+                json_schema, schema_field = rf.get("schema", {}), "response_format"
         elif kind == "json_schema":
             wrapper = rf.get("json_schema") if isinstance(rf.get("json_schema"), dict) else {}
-            json_schema = wrapper.get("schema", {})
+            json_schema, schema_field = wrapper.get("schema", {}), "response_format"
         elif kind not in ("", "text"):
             raise ApiError(f'response_format type must be one of "text" or "json_object", but got: {kind}')
     if "messages" not in body:
@@ -183,6 +190,7 @@ def parse_chat_request(
         stop=stop,
         json_schema=json_schema,
         grammar=grammar or None,
+        schema_field=schema_field,
         tools=tools if has_tools else [],
         parse_tools=has_tools and tool_choice != "none",
     )

@@ -9,6 +9,7 @@ ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    413: "invalid_request_error",
     500: "server_error",
     501: "not_supported_error",
     503: "unavailable_error",
@@ -34,10 +35,12 @@ class ApiError(Exception):
 
 
 class ContextError(ApiError):
-    def __init__(self, n_prompt: int, n_ctx: int) -> None:
+    """llama-server's exceed_context_size_error. at_least: n_prompt is a lower bound (not tokenized)."""
+
+    def __init__(self, n_prompt: int, n_ctx: int, at_least: bool = False) -> None:
         super().__init__(
-            f"request ({n_prompt} tokens) exceeds the available context size ({n_ctx} tokens), "
-            "try increasing it",
+            f"request ({'at least ' if at_least else ''}{n_prompt} tokens) exceeds the available "
+            f"context size ({n_ctx} tokens), try increasing it",
             400,
             "exceed_context_size_error",
             n_prompt_tokens=n_prompt,

@@ -8,6 +8,7 @@ generation like an end-of-generation token once the grammar is complete.
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 from .errors import ApiError
@@ -46,17 +47,24 @@ class GrammarFactory:
             raise ApiError(f"Field 'grammar': failed to parse grammar: {_first_line(e)}") from None
         return GrammarConstraint(compiled, self.n_vocab)
 
-    def from_json_schema(self, schema) -> GrammarConstraint:
+    def from_json_schema(self, schema, field: str = "json_schema") -> GrammarConstraint:
+        """`field` names where the schema came from (json_schema or response_format) in errors."""
         try:
             text = schema if isinstance(schema, str) else json.dumps(schema)
             compiled = self._get_compiler().compile_json_schema(text, strict_mode=False)
         except Exception as e:
-            raise ApiError(f"Field 'json_schema': \"json_schema\": {_first_line(e)}") from None
+            raise ApiError(f"Field '{field}': \"json_schema\": {_first_line(e)}") from None
         return GrammarConstraint(compiled, self.n_vocab)
 
 
+# xgrammar's C++ messages start with "[20:25:46] /project/cpp/grammar_parser.cc:820: "
+_SOURCE_PREFIX = re.compile(r"^\s*(\[[\d:.]+\]\s*)?(\S+\.(cc|cpp|h|hpp|py):\d+:\s*)?")
+
+
 def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    """The first line of xgrammar's message, without its timestamp and internal source location."""
+    lines = [_SOURCE_PREFIX.sub("", ln).strip() for ln in str(e).strip().splitlines()]
+    return next((ln for ln in lines if ln and not ln.startswith("Stack trace")), type(e).__name__)
 
 
 class GrammarConstraint:

@@ -1,8 +1,10 @@
 """`ollama-airllm-runner`: a drop-in llama-server. Ollama starts it with llama-server's command line.
 
-The HTTP server listens first and answers /health with 503 "Loading model" while the model loads,
-then 200 {"status":"ok"}, as llama-server does. SIGTERM/SIGINT cancel running generations (the engine
-stops within one layer) and exit 0. A model that fails to load ends the process with exit 1.
+The HTTP server binds and listens first (a taken port: one line and exit 1, as llama-server), then logs
+"HTTP server is listening" and answers /health with 503 "Loading model" while the model loads, then
+200 {"status":"ok"}, as llama-server does. SIGTERM/SIGINT, at any point, exit 0: running generations are
+cancelled (the engine stops within one layer), queued requests get a 503, and a load still in progress
+is abandoned (see _hard_exit). A model that fails to load ends the process with exit 1.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -92,47 +95,86 @@ def load_engine(cfg: RunnerConfig):
     return engine
 
 
+def _quit_on_signals() -> None:
+    """Until uvicorn takes over, SIGTERM/SIGINT end the runner at once with exit 0.
+
+    Nothing is running yet (no connections, no load), and raising from a signal handler in the middle
+    of importing torch or numpy would leave those modules half-initialised.
+    """
+    signal.signal(signal.SIGTERM, _quit_now)
+    signal.signal(signal.SIGINT, _quit_now)
+
+
+def _quit_now(_sig, _frame) -> None:
+    _hard_exit(0)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything says it listens. A taken port is one clear line."""
+    from ..errors import UserError
+
+    try:
+        family, kind, proto, _name, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise UserError(f"--host {host}: {_reason(e)}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise UserError(
+            f"--port {port}: {_reason(e)} (couldn't bind HTTP server socket, hostname: {host})"
+        ) from None
+    return sock
+
+
+def _reason(e: OSError) -> str:
+    return (e.strerror or str(e)).lower()
+
+
+def _hard_exit(code: int) -> None:
+    """End the process now, skipping interpreter teardown.
+
+    Used when the model-load thread is still inside torch's native code: finalizing the interpreter
+    under it runs C++ static destructors while that thread holds them, and the process aborts with
+    "terminate called without an active exception" (exit 134). The loader writes no files, so
+    nothing is lost by not waiting for it (a large model can take minutes to load).
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def serve(cfg: RunnerConfig) -> int:
     """Run the HTTP server until SIGTERM/SIGINT; returns the exit code."""
+    _quit_on_signals()
     import uvicorn
 
+    from ..errors import UserError
     from .app import Runner, create_app
 
     _setup_logging(cfg)
+    try:
+        sock = _bind(cfg.host, cfg.port)
+    except UserError as e:
+        print(f"error: {e.message}", file=sys.stderr, flush=True)
+        return e.exit_code
+    port = sock.getsockname()[1]
     emit(f"build: {__version__} (ollama-airllm layer-streaming runner, llama-server protocol)")
     for item in cfg.ignored:
         emit(f"main: ignoring {item}")
     runner = Runner(cfg)
     app = create_app(runner)
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame) -> None:
-            # not uvicorn's: it re-raises the signal after shutdown, so the process would die by it
-            if runner.slots is not None:  # running generations stop within one layer
-                runner.slots.cancel_all()
-            if self.should_exit and sig == signal.SIGINT:
-                self.force_exit = True
-            self.should_exit = True
-
-    server = Server(
-        uvicorn.Config(
-            app,
-            host=cfg.host,
-            port=cfg.port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=3,
-            lifespan="off",
-        )
-    )
     failed: list[str] = []
 
     def load() -> None:
         try:
             engine = load_engine(cfg)
         except Exception as e:  # the reason goes to the log Ollama shows; no traceback for expected errors
-            from ..errors import UserError
-
             msg = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, UserError | FileNotFoundError | ValueError):
                 log.exception("model load failed")
@@ -141,33 +183,64 @@ def serve(cfg: RunnerConfig) -> int:
             failed.append(msg)
             server.should_exit = True
             return
+        if server.should_exit:  # stopped while loading: nothing may start now
+            engine.close()
+            return
         runner.attach(engine)
         emit("main: model loaded")
-        emit(f"main: server is listening on http://{cfg.host}:{cfg.port}")
+        emit(f"main: server is listening on http://{cfg.host}:{port}")
 
     loader = threading.Thread(target=load, name="model-load", daemon=True)
-    emit(f"main: HTTP server is listening, hostname: {cfg.host}, port: {cfg.port}, http threads: 1")
-    emit("main: loading model")
-    loader.start()
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:  # Ollama reads this line; only now does the socket accept connections
+                emit(f"main: HTTP server is listening, hostname: {cfg.host}, port: {port}, http threads: 1")
+                emit("main: loading model")
+                loader.start()
+
+        def handle_exit(self, sig, frame) -> None:
+            # not uvicorn's: it re-raises the signal after shutdown, so the process would die by it
+            if runner.slots is not None:  # queued requests get a 503; running ones stop within one layer
+                runner.slots.close()
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+
+    server = Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=3,
+            lifespan="off",
+        )
+    )
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # cleanup below is short; a second signal waits
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if runner.slots is not None:
             runner.slots.shutdown()
         if runner.engine is not None:
             runner.engine.close()
-    if failed:
-        return 1
-    emit("srv    operator(): cleaning up before exit...")
-    return 0
+        code = 1 if failed else 0
+        if code == 0:
+            emit("srv    operator(): cleaning up before exit...")
+        if loader.is_alive():
+            _hard_exit(code)
+    return code
 
 
 def main(argv: list[str] | None = None) -> None:
+    _quit_on_signals()
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_args(argv)
     if cfg is None:
         print(f"version: {__version__} (ollama-airllm-runner)")
-        print("built with: python, torch, llama-server protocol of llama.cpp b10488")
+        print("built with: python, torch, llama-server protocol of llama.cpp b11081")
         raise SystemExit(0)
     reexec_clean(argv)
     if not os.path.exists(cfg.model):

@@ -1,4 +1,4 @@
-"""Request-body schemas for the published OpenAPI document (used by the fuzz run).
+"""Request-body and error schemas for the published OpenAPI document (used by the fuzz run).
 
 The handlers read the raw JSON themselves, with llama-server's rules (see params.py), so that bad input
 gets llama-server's error JSON. These schemas only describe the bodies for clients and fuzzers.
@@ -86,11 +86,45 @@ _message = {
 }
 
 
-def _body(properties: dict, required: list[str] | None = None) -> dict:
+_error = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "type"],
+            "properties": {"code": _int, "message": {"type": "string"}, "type": {"type": "string"}},
+        }
+    },
+}
+_ERROR_TEXT = {
+    400: "Invalid request: a bad field, bad JSON or a prompt longer than the context",
+    413: "Request body too large",
+    500: "Internal error",
+    501: "Not supported by this server's configuration",
+    503: "Loading model, or shutting down",
+}
+
+
+def errors(*codes: int) -> dict:
+    """The `responses` entries for these error statuses, all in llama-server's error shape."""
+    return {
+        str(c): {"description": _ERROR_TEXT[c], "content": {"application/json": {"schema": _error}}}
+        for c in codes
+    }
+
+
+STATUS = {"responses": errors(503)}  # for the GET endpoints
+
+
+def _body(properties: dict, required: list[str] | None = None, extra_errors: tuple[int, ...] = ()) -> dict:
     schema = {"type": "object", "properties": properties}
     if required:
         schema["required"] = required
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+        "responses": errors(400, 413, 500, 503, *extra_errors),
+    }
 
 
 BODIES = {
@@ -121,5 +155,6 @@ BODIES = {
             "embd_normalize": _int,
         },
         ["input"],
+        (501,),
     ),
 }

@@ -1,7 +1,9 @@
 """The /completion request fields, read with llama-server's rules (tools/server/server-schema.cpp).
 
 A null value means "use the default". Numbers outside a *hard* range are rejected with
-`Field 'NAME': Value must be between ...`; soft ranges are clamped. Wrong JSON types are rejected
+`Field 'NAME': Value must be between ...`; soft ranges are clamped. Sampler floats are clamped into
+float32's finite range (llama-server keeps them as C floats), so that no value can make the sampler
+produce inf or NaN. Wrong JSON types are rejected
 with `Field 'NAME': type must be number, but is string` (nlohmann's wording), all as 400.
 """
 
@@ -15,6 +17,7 @@ from .errors import ApiError, json_type
 
 INT32_MAX = 2**31 - 1
 FLT_MAX = 3.4028234663852886e38
+FLT_MIN = 1.1754943508222875e-38  # the smallest normal float32: below it llama-server's sampler sees 0
 
 
 @dataclass
@@ -33,6 +36,7 @@ class CompletionOptions:
     id_slot: int = -1
     grammar: str | None = None
     json_schema: object | None = None
+    schema_field: str = "json_schema"  # the request field json_schema came from, for error messages
     response_fields: list[str] = field(default_factory=list)
 
 
@@ -46,12 +50,12 @@ _NUM_FIELDS = [
     (("top_p",), float, (0.0, 1.0), False, "top_p"),
     (("min_p",), float, (0.0, 1.0), False, "min_p"),
     (("typical_p",), float, (-FLT_MAX, FLT_MAX), False, "typical_p"),
-    (("temperature",), float, (0.0, math.inf), False, "temperature"),
+    (("temperature",), float, (0.0, FLT_MAX), False, "temperature"),
     (("repeat_last_n",), int, (0, INT32_MAX), True, "repeat_last_n"),
     (("repeat_penalty",), float, (-FLT_MAX, FLT_MAX), False, "repeat_penalty"),
     (("frequency_penalty",), float, (-FLT_MAX, FLT_MAX), False, "frequency_penalty"),
     (("presence_penalty",), float, (-FLT_MAX, FLT_MAX), False, "presence_penalty"),
-    (("seed",), int, (-(2**63), 2**64), False, "seed"),
+    (("seed",), int, (-(2**63), 2**64 - 1), True, "seed"),  # what a JSON integer can hold
     (("n_probs", "logprobs"), int, (-(2**31), INT32_MAX), False, "n_probs"),
     (("min_keep",), int, (0, INT32_MAX), True, "min_keep"),
 ]
@@ -179,8 +183,13 @@ def parse_completion(data: dict, defaults: SamplingParams, n_parallel: int) -> C
         if not isinstance(rf, list) or not all(isinstance(x, str) for x in rf):
             raise ApiError("Field 'response_fields': must be an array of strings")
         opts.response_fields = rf
-    if s.seed is not None and s.seed < 0:
-        s.seed = -1
+    if not s.repeat_penalty >= FLT_MIN:  # llama-server's sampler init refuses it (a division by it)
+        raise ApiError(
+            "Failed to initialize samplers: penalty_repeat must be finite and greater than 0 "
+            f"(Field 'repeat_penalty', got {data.get('repeat_penalty')})"
+        )
+    if s.seed is not None:  # llama-server's seed is a uint32 (0xFFFFFFFF = -1 = random)
+        s.seed %= 2**32
     return opts
 
 

@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
-from .errors import ApiError
+from dataclasses import dataclass
+
+from .errors import ApiError, ContextError
+
+
+@dataclass(frozen=True)
+class PromptLimit:
+    """A prompt must fit n_ctx tokens, and no token covers more than chars_per_token characters.
+
+    A text longer than n_ctx * chars_per_token cannot fit: it is refused before it is tokenized, so a
+    huge prompt costs neither seconds of tokenizer time nor gigabytes of token lists.
+    """
+
+    n_ctx: int
+    chars_per_token: int
+
+    def check(self, prompt) -> None:
+        n_chars = (
+            len(prompt)
+            if isinstance(prompt, str)
+            else sum(len(p) if isinstance(p, str) else 1 for p in prompt)
+        )
+        least = -(-n_chars // self.chars_per_token)
+        if least > self.n_ctx:
+            raise ContextError(least, self.n_ctx, at_least=True)
+
 
 _SHAPE = (
     '"prompt" elements must be a string, a list of tokens, a JSON object containing a prompt string, '
@@ -29,7 +54,7 @@ def tokenize_mixed(tokenizer, prompt, add_special: bool, parse_special: bool) ->
     return out
 
 
-def tokenize_prompts(tokenizer, prompt, n_vocab: int) -> list[list[int]]:
+def tokenize_prompts(tokenizer, prompt, n_vocab: int, limit: PromptLimit | None = None) -> list[list[int]]:
     """One token list per prompt in `prompt` (llama-server's tokenize_input_prompts, text-only)."""
     if prompt is None:
         raise ApiError("[json.exception.out_of_range.403] key 'prompt' not found")
@@ -47,6 +72,8 @@ def tokenize_prompts(tokenizer, prompt, n_vocab: int) -> list[list[int]]:
             sub = sub["prompt_string"]
         if not isinstance(sub, str | list):
             raise ApiError(_SHAPE)
+        if limit is not None:
+            limit.check(sub)
         toks = tokenize_mixed(tokenizer, sub, True, True)
         if any(not 0 <= t < n_vocab for t in toks):
             raise ApiError("Prompt contains invalid tokens")

@@ -2,6 +2,7 @@
 
 Each generation runs in a worker thread; its tokens come back to the event loop through an
 asyncio queue. Cancelling (client gone, SIGTERM) sets a flag that the engine checks between layers.
+After close() (shutdown) a request still waiting for a slot gets a 503 and never starts.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+from .errors import ApiError
 
 log = logging.getLogger("ollama_airllm.server")
 
@@ -54,10 +57,13 @@ class SlotPool:
         self._tasks: set[asyncio.Task] = set()
         self.n_processing = 0
         self.n_deferred = 0
+        self.closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _condition(self) -> asyncio.Condition:
         if self._cond is None:
             self._cond = asyncio.Condition()
+            self._loop = asyncio.get_running_loop()
         return self._cond
 
     def _pick(self, prompt: list[int], wanted: int) -> int | None:
@@ -81,7 +87,11 @@ class SlotPool:
         async with cond:
             self.n_deferred += 1
             try:
-                while (slot := self._pick(prompt, wanted)) is None:
+                while True:
+                    if self.closing:
+                        raise ApiError("the server is shutting down", 503)
+                    if (slot := self._pick(prompt, wanted)) is not None:
+                        break
                     await cond.wait()
             finally:
                 self.n_deferred -= 1
@@ -136,9 +146,7 @@ class SlotPool:
 
         def finished(_fut) -> None:
             self._running.discard(gen)
-            task = loop.create_task(self._release(slot))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(lambda: self._release(slot))
 
         fut = loop.run_in_executor(self._executor, work)
         fut.add_done_callback(finished)
@@ -152,6 +160,24 @@ class SlotPool:
         for gen in list(self._running):
             gen.cancel()
 
+    def close(self) -> None:
+        """Shutdown has begun: cancel running generations and turn the queued requests away."""
+        self.closing = True
+        self.cancel_all()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._spawn, self._wake_all)
+
+    def _spawn(self, fn) -> None:
+        task = asyncio.get_running_loop().create_task(fn())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _wake_all(self) -> None:
+        cond = self._condition()
+        async with cond:
+            cond.notify_all()
+
     def shutdown(self) -> None:
+        self.closing = True
         self.cancel_all()
         self._executor.shutdown(wait=True, cancel_futures=True)
