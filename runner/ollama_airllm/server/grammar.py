@@ -12,6 +12,7 @@ import re
 import threading
 
 from .errors import ApiError
+from .schema_grammar import json_schema_ebnf
 
 
 class GrammarFactory:
@@ -51,7 +52,7 @@ class GrammarFactory:
         """`field` names where the schema came from (json_schema or response_format) in errors."""
         try:
             text = schema if isinstance(schema, str) else json.dumps(schema)
-            compiled = self._get_compiler().compile_json_schema(text, strict_mode=False)
+            compiled = self._get_compiler().compile_grammar(json_schema_ebnf(text))
         except Exception as e:
             raise ApiError(f"Field '{field}': \"json_schema\": {_first_line(e)}") from None
         return GrammarConstraint(compiled, self.n_vocab)
