@@ -19,9 +19,9 @@ def checkout(tmp_path: Path) -> Path:
         shutil.copy2(REPO / name, tmp_path / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in ("runner", "packaging"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=ignore)
+        shutil.copytree(REPO / name, tmp_path / name, ignore=ignore, symlinks=True)
     (tmp_path / "tests").mkdir()
-    shutil.copytree(REPO / "tests/pkg", tmp_path / "tests/pkg", ignore=ignore)
+    shutil.copytree(REPO / "tests/pkg", tmp_path / "tests/pkg", ignore=ignore, symlinks=True)
     return tmp_path
 
 

@@ -50,7 +50,7 @@ def rendered(tmp_path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("entry", [".SRCINFO", "ollama-airllm-rocm.install", "PKGBUILD"])
+@pytest.mark.parametrize("entry", [".SRCINFO", "ollama-airllm-rocm.install", "PKGBUILD", pkgrender.TARBALL])
 def test_failed_render_into_an_existing_directory_leaves_it_unchanged(rendered, entry):
     (rendered / entry).unlink()
     (rendered / entry).mkdir()  # a directory where the package has a file: the render must fail
@@ -65,23 +65,11 @@ def test_failed_render_into_an_existing_directory_leaves_it_unchanged(rendered, 
     assert snapshot(rendered) == before  # ollama.env still the old one, no staging directory left
 
 
-def test_a_file_where_the_tree_has_a_directory_fails_before_any_change(rendered):
-    before_env = (rendered / "ollama.env").read_text()
-    (rendered / "packaging").rename(rendered / "packaging.old")
-    (rendered / "packaging").write_text("not a directory\n")
-    result = render_cli(rendered, rendered.parent / "other.yaml")
-    assert result.exit_code == 1 and "packaging is a file where the package has a directory" in result.stderr
-    assert (rendered / "ollama.env").read_text() == before_env
-
-
 def test_rerender_replaces_the_package_and_keeps_other_files(rendered):
-    stale = rendered / "runner" / "ollama_airllm" / "stale.py"
-    stale.write_text("# gone after the next render\n")
     result = render_cli(rendered, rendered.parent / "other.yaml")
     assert result.exit_code == 0, result.output
     assert "OLLAMA_HOST=0.0.0.0:11434\n" in (rendered / "ollama.env").read_text()
     assert (rendered / "notes.txt").read_text() == "mine\n"
-    assert not stale.exists() and (rendered / "runner" / "ollama_airllm" / "cli.py").is_file()
     assert not [p.name for p in rendered.iterdir() if p.name.startswith(".") and p.name != ".SRCINFO"]
     assert stat.S_IMODE((rendered / "ollama-airllm.in").stat().st_mode) == 0o755
 
@@ -90,7 +78,7 @@ def test_a_new_directory_appears_complete(tmp_path):
     out = tmp_path / "new" / "pkg"
     assert render_cli(out).exit_code == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
-    assert (out / "PKGBUILD").is_file() and (out / "tests" / "pkg").is_dir()
+    assert (out / "PKGBUILD").is_file() and (out / pkgrender.TARBALL).is_file()
     assert [p.name for p in out.parent.iterdir()] == ["pkg"]
 
 

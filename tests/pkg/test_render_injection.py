@@ -92,7 +92,7 @@ def _check_rendered(files: dict[str, pkgrender.RenderedFile]) -> None:
     with tempfile.TemporaryDirectory(prefix="oar-render-") as tmp:
         out = Path(tmp)
         for name, rendered in files.items():
-            (out / name).write_text(rendered.text)
+            (out / name).write_bytes(rendered.data)
         for name in ("PKGBUILD", "ollama-airllm-rocm.install", "airllm-runner.in", "ollama-airllm.in"):
             syntax = subprocess.run(["bash", "-n", name], cwd=out, capture_output=True, text=True)
             assert syntax.returncode == 0, f"{name}: {syntax.stderr}"

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -94,7 +95,7 @@ def render_files_only(profile: Path, variant: str, out: Path) -> Path:
     out.mkdir(parents=True)
     out.chmod(0o755)
     for name, rendered in pkgrender.render_package(load_profile(profile), variant).items():
-        (out / name).write_text(rendered.text)
+        (out / name).write_bytes(rendered.data)
     return out
 
 
@@ -172,7 +173,8 @@ def test_runner_only_variant_builds_with_real_makepkg(shared_tmp):
         "usr/lib/systemd/system/ollama.service", "usr/lib/systemd/system/ollama-airllm@.service",
         "usr/lib/sysusers.d/ollama.conf", "usr/lib/tmpfiles.d/ollama.conf",
         "usr/share/ollama-airllm/packaging/profiles/rx7900xtx.yaml",
-        "usr/share/ollama-airllm/packaging/templates/PKGBUILD.j2", "usr/share/ollama-airllm/airllm.patch",
+        "usr/share/ollama-airllm/packaging/templates/PKGBUILD.full.j2",
+        "usr/share/ollama-airllm/airllm.patch",
         "usr/share/ollama-airllm/pyproject.toml", "usr/share/ollama-airllm/runner/ollama_airllm/cli.py",
     ):  # fmt: skip
         assert f"\n{path}\n" in f"\n{listing}", path
@@ -180,6 +182,13 @@ def test_runner_only_variant_builds_with_real_makepkg(shared_tmp):
         r"^usr/lib/ollama-airllm/lib/python3\.\d+/site-packages/ollama_airllm/cli\.py$", listing, re.M
     )
     assert "usr/bin/ollama\n" not in listing  # the Ollama part is not in this variant
+    assert not re.search(r"^usr/lib/ollama-airllm/bin/", listing, re.M)  # pywheels.py dropped the scripts
+    # The installed project tree is the checksummed source archive, file for file (no build leftovers).
+    with tarfile.open(out / pkgrender.TARBALL) as tar:
+        archived = {m.name.split("/", 1)[1] for m in tar.getmembers()}
+    installed = {p.removeprefix("usr/share/ollama-airllm/") for p in listing.splitlines()
+                 if p.startswith("usr/share/ollama-airllm/") and not p.endswith("/")}  # fmt: skip
+    assert installed == archived | {"airllm.patch"}
     runner = subprocess.run(["bsdtar", "-xOf", package, "usr/lib/ollama/airllm-runner"], capture_output=True,
                             text=True, check=True).stdout  # fmt: skip
     assert "@SITE@" not in runner and "/usr/lib/ollama-airllm/lib/python3" in runner

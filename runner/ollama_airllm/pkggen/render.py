@@ -1,7 +1,7 @@
 """Render the package files for a profile: PKGBUILD, .SRCINFO, .install, units, env, sysusers and tmpfiles.
 
-`render_package` returns the files as text; `write_package` writes them atomically into a directory together
-with this project's own tree (runner/, packaging/, ...), which the PKGBUILD's prepare() copies from beside it.
+`render_package` returns every file the PKGBUILD's source=() names (with this project's own tree as one
+reproducible tar archive); `write_package` writes them atomically into a directory.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,16 @@ from .. import __version__
 from ..errors import UserError
 from ..profile import Profile, packaging_dir, profile_to_yaml
 from . import sources
+from .sourcetar import source_tar
 from .srcinfo import srcinfo
 from .templating import UnsafeValue, environment
 
 PKGNAME = "ollama-airllm-rocm"
 VARIANTS = ("full", "runner-only")
+URL = "https://github.com/ollama/ollama"
+# Ollama's version, then this project's: 0.34.4.oar0.1.0 (letters, digits and dots, as Arch's linux does
+# with 6.x.y.arch1). vercmp orders it by Ollama's version first; pkgrel stays the packaging revision.
+PKGVER = f"{sources.OLLAMA_VERSION}.oar{__version__}"
 
 # Files rendered from packaging/templates/<name>.j2 that the PKGBUILD lists as local sources.
 AUX_FILES = (
@@ -42,9 +46,10 @@ INSTALL = f"{PKGNAME}.install"
 # The profile the package was rendered from, installed as /etc/ollama-airllm/profile.yaml for the doctor.
 PROFILE = "profile.yaml"
 BACKUP = ("etc/default/ollama", "etc/ollama-airllm/profile.yaml")
-# This project's files the PKGBUILD's prepare() copies from the directory that holds it.
+# This project's own tree, as the source archive TARBALL (unpacked to TARBALL_DIR).
 TREE = ("pyproject.toml", "README.md", "runner", "packaging", "tests/pkg")
-_TREE_SKIP = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc", ".pytest_cache", ".hypothesis")
+TARBALL_DIR = f"ollama-airllm-{__version__}"
+TARBALL = f"{TARBALL_DIR}.tar"
 
 # Arch package names from the official repositories (reference: arch-package-names.md).
 _PY_RUNTIME = (
@@ -80,8 +85,12 @@ class RenderError(UserError):
 
 @dataclass(frozen=True)
 class RenderedFile:
-    text: str
+    data: bytes
     mode: int = 0o644
+
+    @property
+    def text(self) -> str:
+        return self.data.decode()
 
 
 @dataclass(frozen=True)
@@ -93,91 +102,88 @@ class _Source:
 def render_package(
     profile: Profile, variant: str = "full", root: Path | None = None
 ) -> dict[str, RenderedFile]:
-    """All generated files, by name. `root` is the project tree (default: the one holding packaging/)."""
+    """All files of the package directory, by name. `root` is the project tree (default: the one holding
+    packaging/)."""
     if variant not in VARIANTS:
         raise RenderError(f"variant {variant!r}: allowed: {', '.join(VARIANTS)}")
     pkg_dir = packaging_dir()
     root = root if root is not None else pkg_dir.parent
     env = environment(pkg_dir / "templates")
     full = variant == "full"
-    ctx = _context(profile, variant)
-    files = {name: RenderedFile(_render(env, f"{name}.j2", ctx)) for name in AUX_FILES}
-    files[PROFILE] = RenderedFile(
+    ctx = _context(profile)
+    files = {name: _text(_render(env, f"{name}.j2", ctx)) for name in AUX_FILES}
+    for name in ("airllm-runner.in", "ollama-airllm.in"):
+        files[name] = RenderedFile(files[name].data, 0o755)
+    files[PROFILE] = _text(
         profile_to_yaml(
             profile,
             header="The hardware profile this package was rendered from (ollama-airllm doctor reads it).",
         )
     )
-
-    texts = {name: f.text.encode() for name, f in files.items()}
-    patch = root / PATCH
+    files[PATCH] = RenderedFile(_read(root / PATCH))
     try:
-        texts[PATCH] = patch.read_bytes()
+        files[TARBALL] = RenderedFile(source_tar(root, TREE, TARBALL_DIR))
     except OSError as exc:
-        raise RenderError(f"cannot read {patch}: {exc.strerror or exc}") from None
-    local = [PATCH, *AUX_FILES, PROFILE]
+        raise RenderError(f"cannot read {exc.filename or root}: {exc.strerror or exc}") from None
+    local = [TARBALL, PATCH, *AUX_FILES, PROFILE]
     srcs = _remote_sources() if full else []
-    srcs += [_Source(name, hashlib.sha256(texts[name]).hexdigest()) for name in local]
-    noextract = [p.filename for p in sources.PRIVATE_PYTHON if p.wheel] if full else []
-    pkg = {
+    srcs += [_Source(name, hashlib.sha256(files[name].data).hexdigest()) for name in local]
+    pkg = _package_fields(profile, variant, srcs)
+    files["PKGBUILD"] = _text(_render(env, f"PKGBUILD.{variant}.j2", {**ctx, **pkg}))
+    files[INSTALL] = _text(_render(env, "install.j2", ctx))
+    fields = {key: pkg[key] for key in pkg if key not in ("sources", "template")}
+    fields |= {"source": [s.entry for s in srcs], "sha256sums": [s.sha256 for s in srcs]}
+    files[".SRCINFO"] = _text(srcinfo(PKGNAME, fields))
+    return files
+
+
+def _package_fields(profile: Profile, variant: str, srcs: list[_Source]) -> dict[str, object]:
+    """The PKGBUILD's global variables (those .SRCINFO has), plus its sources and own template name."""
+    full = variant == "full"
+    return {
         "pkgdesc": _pkgdesc(profile, variant),
+        "pkgver": PKGVER,
+        "pkgrel": "1",
+        "url": URL,
+        "install": INSTALL,
+        "arch": ["x86_64"] if full else ["any"],
         "license": ["MIT", "Apache-2.0"] if full else ["Apache-2.0"],
         "depends": list(_FULL_DEPENDS if full else _PY_RUNTIME),
         "makedepends": list(_FULL_MAKEDEPENDS if full else _RUNNER_ONLY_MAKEDEPENDS),
         "checkdepends": ["python-pytest", "python-hypothesis"] if full else [],
-        "provides": [f"ollama={sources.OLLAMA_VERSION}", f"ollama-rocm={sources.OLLAMA_VERSION}"]
-        if full
-        else [],
+        "provides": [f"{name}={sources.OLLAMA_VERSION}" for name in ("ollama", "ollama-rocm") if full],
         "conflicts": ["ollama", "ollama-rocm"] if full else [],
         "options": ["!lto"] if full else [],
-        "sources": srcs,
         "backup": list(BACKUP),
-        "noextract": noextract,
+        "noextract": [p.filename for p in sources.PRIVATE_PYTHON if p.wheel] if full else [],
+        "sources": srcs,
+        "template": f"PKGBUILD.{variant}.j2",
     }
-    pkgbuild = _render(env, "PKGBUILD.j2", {**ctx, **pkg})
-    files["PKGBUILD"] = RenderedFile(pkgbuild)
-    files[INSTALL] = RenderedFile(_render(env, "install.j2", ctx))
-    files[".SRCINFO"] = RenderedFile(
-        srcinfo(
-            PKGNAME,
-            {
-                "pkgdesc": pkg["pkgdesc"],
-                "pkgver": ctx["pkgver"],
-                "pkgrel": "1",
-                "url": "https://github.com/ollama/ollama",
-                "install": INSTALL,
-                "arch": ["x86_64"] if full else ["any"],
-                "license": pkg["license"],
-                "checkdepends": pkg["checkdepends"],
-                "makedepends": pkg["makedepends"],
-                "depends": pkg["depends"],
-                "provides": pkg["provides"],
-                "conflicts": pkg["conflicts"],
-                "noextract": noextract,
-                "options": pkg["options"],
-                "backup": list(BACKUP),
-                "source": [s.entry for s in srcs],
-                "sha256sums": [s.sha256 for s in srcs],
-            },
-        )
-    )
-    for name in ("airllm-runner.in", "ollama-airllm.in"):
-        files[name] = RenderedFile(files[name].text, 0o755)
-    return files
+
+
+def _text(text: str) -> RenderedFile:
+    return RenderedFile(text.encode())
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise RenderError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def write_package(files: dict[str, RenderedFile], out_dir: Path, root: Path | None = None) -> Path:
-    """Write `files` and this project's tree into `out_dir`, all or nothing.
+    """Write `files` into `out_dir`, all or nothing.
 
     Everything is first written to a temporary directory: a new `out_dir` is that directory renamed; in an
-    existing one each entry is then renamed over its old version, after checking that none of them can
-    fail (a directory where a file belongs, or the reverse), so a failed render leaves it as it was.
-    Files the package does not own stay. The project tree is not copied when `out_dir` is the project
-    itself (rendering the committed top-level files).
+    existing one each file is then renamed over its old version, after checking that none is in the way (a
+    directory where a file belongs), so a failed render leaves it as it was. Files the package does not own
+    stay. airllm.patch is not rewritten when `out_dir` is the project itself (rendering the committed files).
     """
     root = (root if root is not None else packaging_dir().parent).resolve()
     out_dir = out_dir.absolute()
-    tree = [] if out_dir.resolve() == root or not (root / "pyproject.toml").is_file() else list(TREE)
+    if out_dir.resolve() == root:
+        files = {name: f for name, f in files.items() if name != PATCH}
     if out_dir.exists() and not out_dir.is_dir():
         raise RenderError(f"{out_dir} exists and is not a directory")
     fresh = not out_dir.exists()
@@ -188,14 +194,16 @@ def write_package(files: dict[str, RenderedFile], out_dir: Path, root: Path | No
     except OSError as exc:
         raise RenderError(f"cannot write the package into {out_dir}: {exc.strerror or exc}") from None
     try:
-        entries = _stage(staging, files, root, tree)
+        for name, rendered in files.items():
+            (staging / name).write_bytes(rendered.data)
+            (staging / name).chmod(rendered.mode)
         if fresh:
             staging.chmod(0o755)
             staging.rename(out_dir)
         else:
-            _check_replaceable(staging, out_dir, entries)
-            for rel in entries:
-                _swap_in(staging / rel, out_dir / rel, staging)
+            _check_replaceable(out_dir, files)
+            for name in files:
+                os.replace(staging / name, out_dir / name)
     except OSError as exc:
         raise RenderError(f"cannot write the package into {out_dir}: {exc.strerror or exc}") from None
     finally:
@@ -203,50 +211,14 @@ def write_package(files: dict[str, RenderedFile], out_dir: Path, root: Path | No
     return out_dir
 
 
-def _stage(staging: Path, files: dict[str, RenderedFile], root: Path, tree: list[str]) -> list[str]:
-    """Write the package into the empty directory `staging`; return the entries written (relative paths)."""
-    for name, rendered in files.items():
-        _write(staging / name, rendered.text.encode(), rendered.mode)
-    entries = list(files)
-    if tree:
-        _write(staging / PATCH, (root / PATCH).read_bytes(), 0o644)
-        entries.append(PATCH)
-    for rel in tree:
-        src, dst = root / rel, staging / rel
-        if src.is_dir():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(src, dst, ignore=_TREE_SKIP, symlinks=True)
-        elif src.exists():
-            _write(dst, src.read_bytes(), stat.S_IMODE(src.stat().st_mode))
-        else:
-            continue
-        entries.append(rel)
-    return entries
-
-
-def _check_replaceable(staging: Path, out_dir: Path, entries: list[str]) -> None:
-    """Refuse before the first rename if an entry of `out_dir` has the other kind (file or directory)."""
-    for rel in entries:
-        new, old = staging / rel, out_dir / rel
-        if not (old.exists() or old.is_symlink()):
-            continue
-        if new.is_dir() != (old.is_dir() and not old.is_symlink()):
-            has, needs = ("a file", "a directory") if new.is_dir() else ("a directory", "a file")
-            raise RenderError(f"{old} is {has} where the package has {needs}; move it away and render again")
-
-
-def _swap_in(new: Path, old: Path, staging: Path) -> None:
-    """Rename `new` over `old` (a directory is first moved aside into `staging`, removed with it)."""
-    old.parent.mkdir(parents=True, exist_ok=True)
-    if new.is_dir() and old.is_dir():
-        old.rename(Path(tempfile.mkdtemp(prefix=".old.", dir=staging)) / "old")
-    os.replace(new, old)
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    path.chmod(mode)
+def _check_replaceable(out_dir: Path, names: dict[str, RenderedFile]) -> None:
+    """Refuse before the first rename if a directory stands where the package has a file."""
+    for name in names:
+        old = out_dir / name
+        if old.is_dir() and not old.is_symlink():
+            raise RenderError(
+                f"{old} is a directory where the package has a file; move it away and render again"
+            )
 
 
 def _render(env: jinja2.Environment, template: str, ctx: dict[str, object]) -> str:
@@ -258,15 +230,13 @@ def _render(env: jinja2.Environment, template: str, ctx: dict[str, object]) -> s
         raise RenderError(f"template {template} not found in {packaging_dir() / 'templates'}") from None
 
 
-def _context(profile: Profile, variant: str) -> dict[str, object]:
+def _context(profile: Profile) -> dict[str, object]:
     by_name = {p.name: p for p in sources.PRIVATE_PYTHON}
     return {
         "profile": profile,
         "pins": profile.pins,
-        "variant": variant,
-        "full": variant == "full",
-        "pkgver": sources.OLLAMA_VERSION,
-        "oar_version": __version__,
+        "ollama_version": sources.OLLAMA_VERSION,
+        "tarball_dir": TARBALL_DIR,
         "targets_text": ", ".join(profile.amdgpu_targets),
         "python_by_name": by_name,
         "private_sdists": [p for p in sources.PRIVATE_PYTHON if not p.wheel],
