@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # build-all.sh: the main job. On Arch Linux with an AMD GPU: detect the hardware, render the package for it,
-# build it with makepkg, install it with pacman, enable the service and check it with `ollama-airllm doctor`.
+# build it with makepkg, install it with pacman, enable the service, calibrate, and check it with
+# `ollama-airllm doctor`.
 # Anywhere else: render and validate the package for the reference profile, then say what was skipped and why.
 set -euo pipefail
 
@@ -258,7 +259,7 @@ note "profile: ${PROFILE:-$ROOT/packaging/profiles/rx7900xtx.yaml} -> $PKG_DIR"
 step "validate package" validate_pkg
 
 if ((!FULL)); then
-  printf '%sSKIPPED makepkg, pacman -U, systemctl enable and doctor: %s; the package was rendered and validated in %s.%s%s\n' \
+  printf '%sSKIPPED makepkg, pacman -U, systemctl enable, calibrate and doctor: %s; the package was rendered and validated in %s.%s%s\n' \
     "$C_SKIP" "$WHY" "$PKG_DIR" "$(skipped_summary)" "$C_OFF"
   exit 0
 fi
@@ -266,12 +267,13 @@ fi
 step "prerequisites for building" check_tools makepkg pacman sudo systemctl
 step "makepkg" build_pkg
 if ((NO_INSTALL)); then
-  printf '%sSKIPPED pacman -U, systemctl enable and doctor: --no-install was given; the package is in %s.%s%s\n' \
+  printf '%sSKIPPED pacman -U, systemctl enable, calibrate and doctor: --no-install was given; the package is in %s.%s%s\n' \
     "$C_SKIP" "$PKG_DIR" "$(skipped_summary)" "$C_OFF"
   exit 0
 fi
 step "pacman -U" install_pkg
 step "systemctl enable --now ollama" enable_service
+step "ollama-airllm calibrate" sudo ollama-airllm calibrate
 step "ollama-airllm doctor" run_doctor
 printf '%sDone: Ollama with the AirLLM runner is installed and running (profile %s).%s%s\n' \
   "$C_OK" "$PROFILE" "$(skipped_summary)" "$C_OFF"

@@ -7,6 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from ollama_airllm.clients.config import ModelLimits, merge_openclaw, merge_opencode, write_config
+
 
 def _home_env(home: Path) -> dict[str, str]:
     """A fresh HOME and XDG tree, so nothing of the user's configuration is read or written."""
@@ -20,36 +22,38 @@ def _home_env(home: Path) -> dict[str, str]:
     }
 
 
+# The test's own opencode settings, as a user's JSONC file would hold them; `ollama-airllm client`'s writer
+# merges the provider and the default model into it.
+OPENCODE_SETTINGS = """\
+// settings of the test run
+{
+  "small_model": "ollama/%s",
+  "autoupdate": false,
+  "share": "disabled",
+  "permission": {"*": "allow"},
+}
+"""
+
+
 def opencode_turn(opencode: str, base_url: str, model: str, context: int, home: Path) -> list[dict]:
-    """`opencode run --format json "say hi"` with an openai-compatible provider at `base_url`; its events."""
-    config = {
-        "$schema": "https://opencode.ai/config.json",
-        "model": f"local/{model}",
-        "small_model": f"local/{model}",
-        "autoupdate": False,
-        "share": "disabled",
-        "permission": {"*": "allow"},
-        "provider": {
-            "local": {
-                "npm": "@ai-sdk/openai-compatible",
-                "name": "local",
-                "options": {"baseURL": base_url, "timeout": False},
-                "models": {model: {"name": model, "limit": {"context": context, "output": 32}}},
-            }
-        },
-    }
+    """`opencode run --format json "say hi"` with the configuration `ollama-airllm client opencode` writes
+    (an openai-compatible provider at `base_url`), merged into the test's settings; its events."""
+    config = home / "config" / "opencode" / "opencode.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(OPENCODE_SETTINGS % model)
+    written = write_config(config, merge_opencode, [ModelLimits(model, context, 32)], base_url)
+    assert written.backup is not None and written.backup.read_text() == OPENCODE_SETTINGS % model
     work = home / "work"
     work.mkdir(parents=True, exist_ok=True)
     env = {
         **_home_env(home),
-        "OPENCODE_CONFIG_CONTENT": json.dumps(config),
         "OPENCODE_DISABLE_MODELS_FETCH": "true",
         "OPENCODE_DISABLE_AUTOUPDATE": "true",
         "OPENCODE_DISABLE_LSP_DOWNLOAD": "true",
         "OPENCODE_DISABLE_PROJECT_CONFIG": "true",
     }
     out = subprocess.run(
-        [opencode, "run", "--format", "json", "--model", f"local/{model}", "--title", "test", "say hi"],
+        [opencode, "run", "--format", "json", "--model", f"ollama/{model}", "--title", "test", "say hi"],
         cwd=work,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -65,33 +69,10 @@ def opencode_turn(opencode: str, base_url: str, model: str, context: int, home: 
 
 
 def openclaw_turn(openclaw: str, ollama_url: str, model: str, context: int, home: Path) -> dict:
-    """`openclaw agent --local --json` with its native `ollama` provider at `ollama_url`; its JSON result."""
-    config = {
-        "models": {
-            "providers": {
-                "ollama": {
-                    "baseUrl": ollama_url,
-                    "apiKey": "ollama-local",
-                    "api": "ollama",
-                    "models": [
-                        {
-                            "id": model,
-                            "name": model,
-                            "reasoning": False,
-                            "input": ["text"],
-                            "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
-                            "contextWindow": context,
-                            "maxTokens": 32,
-                        }
-                    ],
-                }
-            }
-        },
-        "agents": {"defaults": {"model": {"primary": f"ollama/{model}"}}},
-    }
-    state = home / ".openclaw"
-    state.mkdir(parents=True, exist_ok=True)
-    (state / "openclaw.json").write_text(json.dumps(config, indent=2))
+    """`openclaw agent --local --json` with the configuration `ollama-airllm client openclaw` writes (its
+    native `ollama` provider at `ollama_url`) in a fresh ~/.openclaw/openclaw.json; its JSON result."""
+    config = home / ".openclaw" / "openclaw.json"
+    write_config(config, merge_openclaw, [ModelLimits(model, context, 32)], ollama_url)
     out = subprocess.run(
         [openclaw, "agent", "--local", "--agent", "main", "--json", "--timeout", "300", "-m", "say hi"],
         cwd=home,

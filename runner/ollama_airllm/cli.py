@@ -11,6 +11,8 @@ from . import __version__
 # name -> "module:attribute"; imported only when the subcommand runs, so `detect`
 # never pays for importing torch.
 SUBCOMMANDS = {
+    "calibrate": "ollama_airllm.calibrate.cli:calibrate",
+    "client": "ollama_airllm.clients.cli:client",
     "detect": "ollama_airllm.hardware.cli:detect",
     "render": "ollama_airllm.pkggen.cli:render",
     "doctor": "ollama_airllm.doctor.cli:doctor",

@@ -264,7 +264,7 @@ class OllamaSettings(_Strict):
 
     host: HostPort = "127.0.0.1:11434"
     models_dir: DataDir = "/var/lib/ollama"
-    context_length: int = Field(default=8192, ge=256, le=1048576)
+    context_length: int = Field(default=32768, ge=256, le=1048576)  # agents: OpenClaw refuses < 16k
     flash_attention: bool = True
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
     keep_alive: KeepAlive = "5m"

@@ -49,7 +49,7 @@ def test_render_only_renders_validates_and_says_what_it_skipped(checkout):
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[-1].startswith(
-        "SKIPPED makepkg, pacman -U, systemctl enable and doctor: --render-only was given"
+        "SKIPPED makepkg, pacman -U, systemctl enable, calibrate and doctor: --render-only was given"
     )
     assert sum("SKIPPED" in line for line in lines) == 1
     assert [line.split("] ", 1)[1] for line in lines if line.startswith("==> [")] == [
@@ -69,7 +69,7 @@ def test_without_arch_it_falls_back_to_the_reference_profile(checkout):
     assert result.returncode == 0, result.stdout + result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith(
-        "SKIPPED makepkg, pacman -U, systemctl enable and doctor: this machine is not Arch Linux"
+        "SKIPPED makepkg, pacman -U, systemctl enable, calibrate and doctor: this machine is not Arch Linux"
     )
 
 

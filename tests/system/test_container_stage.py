@@ -125,6 +125,7 @@ def test_runner_unit_answers_health(installed, container, tiny_gguf, stage_notes
 
 
 def test_doctor_inside_the_container(installed, container, stage_notes):
+    container.run("ollama-airllm calibrate --quick", timeout=300)  # as build-all.sh does before the doctor
     result = container.run(f"{DOCTOR} --hosts local://", check=False, timeout=300)
     report = result.stdout
     stage_notes.add("doctor inside the container:")

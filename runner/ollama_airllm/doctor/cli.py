@@ -41,7 +41,14 @@ def _check_reachable(hosts: str, sudo: bool) -> None:
             raise UserError(f"cannot run commands on {spec}: {error}")
 
 
-def run_checks(hosts: str, profile: str | None, sudo: bool, select: str | None, reporter: Reporter) -> int:
+def run_checks(
+    hosts: str,
+    profile: str | None,
+    sudo: bool,
+    select: str | None,
+    reporter: Reporter,
+    calibration: str | None = None,
+) -> int:
     """Run the check suite with pytest + testinfra; returns pytest's exit code."""
     import pytest
 
@@ -64,6 +71,8 @@ def run_checks(hosts: str, profile: str | None, sudo: bool, select: str | None, 
     ]
     if profile:
         args += ["--oar-profile", profile]
+    if calibration:
+        args += ["--oar-calibration", calibration]
     if sudo:
         args.append("--sudo")
     if select:
@@ -99,12 +108,20 @@ def run_checks(hosts: str, profile: str | None, sudo: bool, select: str | None, 
     help="Profile YAML on this machine. Default: /etc/ollama-airllm/profile.yaml on each checked host, "
     "else the reference profile.",
 )
+@click.option(
+    "--calibration",
+    "calibration_path",
+    default=None,
+    help="Calibration file on each checked host (default: /var/lib/ollama/airllm/calibration.json).",
+)
 @click.option("--sudo", is_flag=True, help="Run the host commands through sudo (for a non-root ssh user).")
 @click.option(
     "-k", "select", metavar="EXPR", default=None, help="Run only the checks matching EXPR (pytest -k)."
 )
-def doctor(hosts: str, profile_path: str | None, sudo: bool, select: str | None) -> None:
-    """Check an installed ollama-airllm-rocm: files, user, service, environment, network, GPU, runner.
+def doctor(
+    hosts: str, profile_path: str | None, calibration_path: str | None, sudo: bool, select: str | None
+) -> None:
+    """Check an installed ollama-airllm-rocm: files, user, service, env, network, GPU, runner, calibration.
 
     Each problem is printed with its fix. Checks that cannot apply on a host (no GPU, no Ollama binary)
     are listed as "not applicable" with the reason. Exit status: 0 all fine, 1 problems found, 2 bad usage.
@@ -116,7 +133,7 @@ def doctor(hosts: str, profile_path: str | None, sudo: bool, select: str | None)
 
         load_profile(profile_path)  # a bad profile is a usage error, before any check runs
     reporter = Reporter()
-    code = run_checks(hosts, profile_path, sudo, select, reporter)
+    code = run_checks(hosts, profile_path, sudo, select, reporter, calibration_path)
     reporter.print_report()
     if code not in (0, 1) and not reporter.failed:
         raise UsageError(f"the checks did not run (pytest exit status {code}); see the messages above")

@@ -57,7 +57,7 @@ _PY_RUNTIME = (
 )  # fmt: skip
 _PY_HEAVY = (
     "python-pytorch-rocm", "python-numpy", "python-safetensors", "python-huggingface-hub>=1:1.31.0",
-    "python-fastapi", "uvicorn", "python-psutil", "python-pytest-testinfra", "python-scipy",
+    "python-fastapi", "uvicorn", "python-psutil", "python-json5", "python-pytest-testinfra", "python-scipy",
     "python-sentencepiece", "python-tqdm", "python-packaging", "python-regex", "python-requests",
     "python-filelock", "python-typer", "python-typing_extensions", "python-triton",
 )  # fmt: skip

@@ -20,6 +20,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="profile YAML on this machine (default: /etc/ollama-airllm/profile.yaml on the checked host)",
     )
+    parser.addoption(
+        "--oar-calibration",
+        default=None,
+        help="calibration file on the checked host (default: /var/lib/ollama/airllm/calibration.json)",
+    )
 
 
 # Report order: from "is it installed" to "does the GPU work".
@@ -31,6 +36,7 @@ ORDER = (
     "test_network",
     "test_gpu",
     "test_runner",
+    "test_calibration",
 )
 
 

@@ -1,0 +1,1 @@
+"""`ollama-airllm client`: configure coding agents (opencode, OpenClaw) for this machine's Ollama."""

@@ -1,0 +1,16 @@
+"""The profile this machine runs with: --profile, else the installed one, else the reference profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .profile import Profile, default_profile_path, load_profile
+
+INSTALLED_PROFILE = Path("/etc/ollama-airllm/profile.yaml")
+
+
+def machine_profile(path: Path | None) -> tuple[Profile, Path]:
+    """The profile to use and the file it came from."""
+    if path is None:
+        path = INSTALLED_PROFILE if INSTALLED_PROFILE.exists() else default_profile_path()
+    return load_profile(path), path
