@@ -1,0 +1,130 @@
+"""Matmuls on GGUF-quantized weights that stay in their blocks (Triton; CUDA, HIP, or the CPU interpreter).
+
+    y = matmul(x, raw, "Q4_K", k)        # raw: uint8 [rows, row_bytes] on the device; x: [tokens, k]
+
+Decode (at most GEMV_MAX_TOKENS tokens) runs a GEMV that reads the blocks directly. Prefill dequantizes
+`chunk_rows` rows at a time into one reused work buffer (bf16 on a GPU, float32 on the CPU) and multiplies
+with torch, so the extra memory for a tensor is that buffer, never the whole dense tensor.
+
+On the CPU the default backend is "numpy": gguf-py's reference dequantization, one chunk of rows at a time
+into the same reused buffer, then torch's GEMM, so memory stays bounded; it is the CPU fallback. The Triton
+kernels also run on the CPU under Triton's interpreter (TRITON_INTERPRET=1 set before this package is
+imported, then they are the default): slow, for the tests that prove them against that reference.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+from gguf import quants
+
+from .qtypes import GGML, IQ4_VALUES, QTYPES, QType, qtype
+from .triton_quant import dequant_kernel, gemv_kernel
+
+GEMV_MAX_TOKENS = 8
+DEQUANT_BLOCK = 256
+GEMV_BLOCK_N = 16
+GEMV_BLOCK_K = 256
+
+__all__ = [
+    "GEMV_MAX_TOKENS", "QTYPES", "QType", "default_backend", "dequantize", "gemv", "matmul", "qtype",
+    "work_buffer",
+]  # fmt: skip
+
+_kv_tables: dict[torch.device, torch.Tensor] = {}
+
+
+def _kv(device: torch.device) -> torch.Tensor:
+    """IQ4 value table on `device` (a kernel argument for every type; only the IQ4 kernels read it)."""
+    if device not in _kv_tables:
+        _kv_tables[device] = torch.tensor(IQ4_VALUES, dtype=torch.float32, device=device)
+    return _kv_tables[device]
+
+
+def _check(raw: torch.Tensor, q: QType, k: int) -> None:
+    if raw.dtype != torch.uint8 or raw.dim() != 2 or not raw.is_contiguous():
+        raise ValueError(f"raw blocks must be a contiguous uint8 [rows, row_bytes] tensor, got {raw.dtype} "
+                         f"{tuple(raw.shape)}")  # fmt: skip
+    if raw.shape[1] != q.row_bytes(k):
+        raise ValueError(f"{q.name} rows of {k} values take {q.row_bytes(k)} bytes, got {raw.shape[1]}")
+
+
+def default_backend(device: torch.device) -> str:
+    """"triton" on a GPU or under the interpreter, else "numpy"."""
+    if torch.device(device).type != "cpu" or os.environ.get("TRITON_INTERPRET") == "1":
+        return "triton"
+    return "numpy"
+
+
+def dequantize(
+    raw: torch.Tensor, qtype_name: str, k: int, out: torch.Tensor | None = None, backend: str | None = None
+) -> torch.Tensor:
+    """The dense [rows, k] weights (float32, or `out`'s dtype, written in place) of `raw`'s blocks."""
+    q = qtype(qtype_name)
+    _check(raw, q, k)
+    rows = raw.shape[0]
+    if out is None:
+        out = torch.empty(rows, k, dtype=torch.float32, device=raw.device)
+    elif out.shape != (rows, k) or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous [{rows}, {k}] tensor, got {tuple(out.shape)}")
+    if (backend or default_backend(raw.device)) == "numpy":
+        out.copy_(torch.from_numpy(quants.dequantize(raw.cpu().numpy(), GGML[q.name]).reshape(rows, k)))
+    elif rows:
+        grid = (rows, triton.cdiv(k, DEQUANT_BLOCK))
+        dequant_kernel[grid](
+            raw, out, _kv(raw.device), k, raw.shape[1],
+            CODE=q.code, QK=q.block, BS=q.block_bytes, BLOCK=DEQUANT_BLOCK,
+        )  # fmt: skip
+    return out
+
+
+def gemv(x: torch.Tensor, raw: torch.Tensor, qtype_name: str, k: int) -> torch.Tensor:
+    """x [tokens, k] @ W.T with W read from its blocks by the Triton kernel: [tokens, rows], in x's dtype."""
+    q = qtype(qtype_name)
+    _check(raw, q, k)
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"x must be [tokens, {k}], got {tuple(x.shape)}")
+    x = x.contiguous()
+    n = raw.shape[0]
+    y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+    if n and x.shape[0]:
+        grid = (triton.cdiv(n, GEMV_BLOCK_N), x.shape[0])
+        gemv_kernel[grid](
+            raw, x, y, _kv(raw.device), n, k, raw.shape[1],
+            CODE=q.code, QK=q.block, BS=q.block_bytes, BLOCK_N=GEMV_BLOCK_N, BLOCK_K=GEMV_BLOCK_K,
+        )  # fmt: skip
+    return y
+
+
+def work_buffer(chunk_rows: int, k: int, device: torch.device) -> torch.Tensor:
+    """The reused dequantization buffer for prefill: bf16 on a GPU, float32 on the CPU."""
+    dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+    return torch.empty(chunk_rows, k, dtype=dtype, device=device)
+
+
+def matmul(
+    x: torch.Tensor,
+    raw: torch.Tensor,
+    qtype_name: str,
+    k: int,
+    work: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """x [tokens, k] @ W.T: the Triton GEMV for a few tokens, else dequantization of one chunk of rows at a
+    time into `work` (its row count is the chunk) followed by a GEMM."""
+    backend = backend or default_backend(raw.device)
+    if backend == "triton" and x.shape[0] <= GEMV_MAX_TOKENS:
+        return gemv(x, raw, qtype_name, k)
+    n = raw.shape[0]
+    if work is None:
+        work = work_buffer(min(n, 1024), k, raw.device)
+    chunk = work.shape[0]
+    y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+    xw = x.to(work.dtype)
+    for r0 in range(0, n, chunk):
+        r1 = min(n, r0 + chunk)
+        w = dequantize(raw[r0:r1], qtype_name, k, out=work[: r1 - r0], backend=backend)
+        y[:, r0:r1] = (xw @ w.T).to(y.dtype)
+    return y

@@ -1,0 +1,59 @@
+"""GGUF tensor types the kernels read: block geometry and the kernels' type codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gguf import GGMLQuantizationType as T
+
+
+@dataclass(frozen=True)
+class QType:
+    """One GGUF tensor type: `block` values are stored in `block_bytes` bytes."""
+
+    name: str
+    code: int  # the kernels' constexpr switch
+    block: int
+    block_bytes: int
+
+    def row_bytes(self, k: int) -> int:
+        """Bytes of one row of `k` values; `k` must be a whole number of blocks."""
+        if k % self.block:
+            raise ValueError(f"{self.name}: a row of {k} values is not a whole number of {self.block}-blocks")
+        return k // self.block * self.block_bytes
+
+
+QTYPES = {
+    q.name: q
+    for q in (
+        QType("F32", 0, 1, 4),
+        QType("F16", 1, 1, 2),
+        QType("BF16", 2, 1, 2),
+        QType("Q4_0", 3, 32, 18),
+        QType("Q4_1", 4, 32, 20),
+        QType("Q5_0", 5, 32, 22),
+        QType("Q5_1", 6, 32, 24),
+        QType("Q8_0", 7, 32, 34),
+        QType("Q2_K", 8, 256, 84),
+        QType("Q3_K", 9, 256, 110),
+        QType("Q4_K", 10, 256, 144),
+        QType("Q5_K", 11, 256, 176),
+        QType("Q6_K", 12, 256, 210),
+        QType("IQ4_NL", 13, 32, 18),
+        QType("IQ4_XS", 14, 256, 136),
+    )
+}
+
+# The geometry agrees with gguf-py's table (checked by the tests).
+GGML = {name: getattr(T, name) for name in QTYPES}
+
+# IQ4_NL / IQ4_XS non-linear 4-bit values (ggml-common.h kvalues_iq4nl)
+IQ4_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+
+
+def qtype(name: str) -> QType:
+    """The QType for a GGUF type name, or a clear error naming the supported ones."""
+    try:
+        return QTYPES[name]
+    except KeyError:
+        raise ValueError(f"tensor type {name} has no kernel; supported: {', '.join(QTYPES)}") from None
