@@ -12,17 +12,41 @@ VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "fit_decision.json"
 CASES = json.loads(VECTORS.read_text())["cases"]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_vector(case):
+COMPARED = [c for c in CASES if "usable_bytes" in c]
+
+
+def _decide(case, model_bytes=None):
     inp = case["input"]
     gpus = tuple(fit.GPU(**g) for g in inp["gpus"])
-    decision = fit.decide(fit.FitInput(inp["model_bytes"], gpus, inp["num_gpu"]), case["env"])
-    decision = decision.with_runner_check(case.get("runner_error"))
+    size = inp["model_bytes"] if model_bytes is None else model_bytes
+    return fit.decide(fit.FitInput(size, gpus, inp["num_gpu"]), case["env"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_vector(case):
+    decision = _decide(case).with_runner_check(case.get("runner_error"))
     want = case["want"]
     got = (decision.airllm, decision.forced, decision.runner)
     assert got == (want["airllm"], want["forced"], want["runner"])
     assert decision.reason == want["reason"]
     assert list(decision.warnings) == want["warnings"]
+
+
+@pytest.mark.parametrize("case", COMPARED, ids=[c["name"] for c in COMPARED])
+def test_the_limit_is_the_hand_computed_usable_vram(case):
+    """A model of exactly `usable_bytes` (worked out by hand in the vectors) stays on llama-server; one byte
+    more goes to the runner."""
+    usable = case["usable_bytes"]
+    assert not _decide(case, usable).airllm, _decide(case, usable).reason
+    assert _decide(case, usable + 1).airllm, _decide(case, usable + 1).reason
+
+
+@pytest.mark.parametrize("case", COMPARED, ids=[c["name"] for c in COMPARED])
+def test_each_wanted_choice_follows_from_the_hand_computed_limit(case):
+    """The file's own answers agree with its hand-worked limit (a runner error only cancels the runner)."""
+    over = case["input"]["model_bytes"] > case["usable_bytes"]
+    assert case["want"]["airllm"] == (over and "runner_error" not in case)
+    assert case["want"]["reason"].startswith("airllm: " if case["want"]["airllm"] else "llama-server: ")
 
 
 def test_case_names_are_unique():
@@ -38,4 +62,5 @@ def test_environment_defaults_to_os_environ(monkeypatch):
 
 
 def test_default_reserve_is_ollamas_minimum():
-    assert fit.GPU(free_bytes=1).minimum_bytes == 457 * 2**20
+    """Ollama's MinimumMemory() on ROCm is 457 MiB: 479199232 bytes, the reserve the vectors use."""
+    assert fit.GPU(free_bytes=1).minimum_bytes == 479_199_232

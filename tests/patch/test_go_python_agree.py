@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from ollama_airllm import fit
 
 GO_PACKAGE = Path(__file__).resolve().parents[2] / "runner" / "airllmrunner"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "fit_decision.json"
 GiB, MiB = 2**30, 2**20
 
 BOOLS = ["1", "0", "t", "f", "TRUE", "false", "True", "yes", "no", "on", "off", "2", "-1", "tRUE", ""]
@@ -70,9 +69,8 @@ def _cases(n: int, seed: int = 5) -> list[dict]:
     return cases
 
 
-@pytest.mark.skipif(shutil.which("go") is None, reason="go is not installed")
-def test_go_and_python_agree(tmp_path):
-    cases = _cases(600)
+def go_decisions(go: str, tmp_path: Path, cases: list[dict]) -> list[dict]:
+    """The Go package's decisions on `cases`, through its TestDecideFile hook."""
     (tmp_path / "in.json").write_text(json.dumps(cases))
     env = {
         **os.environ,
@@ -80,7 +78,7 @@ def test_go_and_python_agree(tmp_path):
         "AIRLLM_DECIDE_OUT": str(tmp_path / "out.json"),
     }
     result = subprocess.run(
-        ["go", "test", "-count=1", "-run", "^TestDecideFile$", "."],
+        [go, "test", "-count=1", "-run", "^TestDecideFile$", "."],
         cwd=GO_PACKAGE,
         env=env,
         capture_output=True,
@@ -88,18 +86,36 @@ def test_go_and_python_agree(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    go_decisions = json.loads((tmp_path / "out.json").read_text())
-    assert len(go_decisions) == len(cases)
-    for case, go in zip(cases, go_decisions, strict=True):
-        inp = case["input"]
-        gpus = tuple(fit.GPU(**g) for g in inp["gpus"])
-        py = fit.decide(fit.FitInput(inp["model_bytes"], gpus, inp["num_gpu"]), case["env"])
-        py = py.with_runner_check(case.get("runner_error"))
-        got = {
-            "airllm": py.airllm,
-            "forced": py.forced,
-            "runner": py.runner,
-            "reason": py.reason,
-            "warnings": list(py.warnings),
-        }
-        assert got == {**go, "warnings": go["warnings"] or []}, case
+    decisions = json.loads((tmp_path / "out.json").read_text())
+    assert len(decisions) == len(cases)
+    return [{**d, "warnings": d["warnings"] or []} for d in decisions]
+
+
+def python_decision(case: dict) -> dict:
+    """The Python mirror's decision on one case, in the vectors' `want` form."""
+    inp = case["input"]
+    gpus = tuple(fit.GPU(**g) for g in inp["gpus"])
+    py = fit.decide(fit.FitInput(inp["model_bytes"], gpus, inp["num_gpu"]), case["env"])
+    py = py.with_runner_check(case.get("runner_error"))
+    return {
+        "airllm": py.airllm,
+        "forced": py.forced,
+        "runner": py.runner,
+        "reason": py.reason,
+        "warnings": list(py.warnings),
+    }
+
+
+def test_go_and_python_agree(tmp_path, tool):
+    cases = _cases(600)
+    for case, go in zip(cases, go_decisions(tool("go"), tmp_path, cases), strict=True):
+        assert python_decision(case) == go, case
+
+
+def test_go_and_python_both_give_each_vectors_answer(tmp_path, tool):
+    """On every shared vector, Go and Python each give the answer written in the file."""
+    vectors = json.loads(VECTORS.read_text())["cases"]
+    cases = [{k: v for k, v in c.items() if k != "want"} for c in vectors]
+    for vector, go in zip(vectors, go_decisions(tool("go"), tmp_path, cases), strict=True):
+        assert go == vector["want"], vector["name"]
+        assert python_decision(vector) == vector["want"], vector["name"]

@@ -28,10 +28,18 @@ MAX_EXPOSURE = 3.0
 BUILD_TOOLS = ("setuptools", "build", "installer", "wheel")
 
 
+def unavailable(reason: str) -> None:
+    """Skip with the reason on a developer machine; under CI (CI set) a missing prerequisite fails the run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; under CI every static check must run (tests/run.sh sets it up)")
+    pytest.skip(reason)
+
+
 def need(tool: str) -> str:
+    """The path of `tool`, or skip (fail under CI) saying which setup step installs it."""
     path = shutil.which(tool)
     if path is None:
-        pytest.skip(f"{tool} is not installed (tests/setup.d/10-apt.sh installs it)")
+        unavailable(f"{tool} is not installed (tests/setup.d/10-apt.sh installs it)")
     return path
 
 
@@ -102,15 +110,14 @@ def render_files_only(profile: Path, variant: str, out: Path) -> Path:
 @pytest.mark.parametrize("variant", pkgrender.VARIANTS)
 def test_printsrcinfo_and_shellcheck_on_every_profile(variant, shared_tmp):
     """Every profile for the real package; the runner-only variant does not depend on the profile's GPUs."""
-    makepkg = need("makepkg")
+    makepkg, shellcheck = need("makepkg"), need("shellcheck")
     profiles = PROFILES if variant == "full" else [REPO / "packaging/profiles/rx7900xtx.yaml"]
     dirs = [render_files_only(p, variant, shared_tmp / f"{p.stem}-{variant}") for p in profiles]
     scripts = [d / name for d in dirs for name in ("PKGBUILD", "ollama-airllm-rocm.install")]
     for script in scripts:
         subprocess.run(["bash", "-n", script], check=True)
-    if shutil.which("shellcheck"):
-        result = subprocess.run(["shellcheck", "-s", "bash", *scripts], capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout
+    result = subprocess.run([shellcheck, "-s", "bash", *scripts], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda out: as_builder([makepkg, "--printsrcinfo"], out), dirs))
     for out, result in zip(dirs, results, strict=True):
@@ -153,7 +160,7 @@ def test_runner_only_variant_builds_with_real_makepkg(shared_tmp):
     makepkg = need("makepkg")
     wheels = os.environ.get("OAR_PYBUILD_WHEELS")
     if not wheels or not Path(wheels).is_dir():
-        pytest.skip("OAR_PYBUILD_WHEELS is not set (tests/setup.d/25-pkgbuild-wheels.sh)")
+        unavailable(f"no wheels at OAR_PYBUILD_WHEELS={wheels!r} (tests/setup.d/25-pkgbuild-wheels.sh)")
     work = shared_tmp / "build"
     work.mkdir()
     # The build user's python3: Debian's, with build tools new enough for pyproject.toml (PEP 639 license).
@@ -192,3 +199,12 @@ def test_runner_only_variant_builds_with_real_makepkg(shared_tmp):
     runner = subprocess.run(["bsdtar", "-xOf", package, "usr/lib/ollama/airllm-runner"], capture_output=True,
                             text=True, check=True).stdout  # fmt: skip
     assert "@SITE@" not in runner and "/usr/lib/ollama-airllm/lib/python3" in runner
+
+
+def test_a_missing_tool_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"oar-no-such-tool is not installed .*under CI"):
+        need("oar-no-such-tool")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="oar-no-such-tool is not installed"):
+        need("oar-no-such-tool")

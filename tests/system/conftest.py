@@ -82,15 +82,22 @@ def pytest_terminal_summary(terminalreporter) -> None:
             terminalreporter.write_line(line)
 
 
+def unavailable(reason: str) -> None:
+    """Skip with the reason on a developer machine; under CI (CI set) a missing prerequisite fails the run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; under CI the container stage must run (tests/run.sh sets it up)")
+    pytest.skip(reason)
+
+
 def require_container_host() -> None:
-    """Skip with the reason when this machine cannot run the stage."""
+    """Skip (fail under CI) with the reason when this machine cannot run the stage."""
     if os.geteuid() != 0:
-        pytest.skip("the container stage needs root (systemd-nspawn, overlay mounts)")
+        unavailable("the container stage needs root (systemd-nspawn, overlay mounts)")
     missing = [t for t in ("systemd-nspawn", "nsenter", "makepkg", "debootstrap") if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"missing tools: {', '.join(missing)} (tests/setup.d/10-apt.sh installs them)")
+        unavailable(f"missing tools: {', '.join(missing)} (tests/setup.d/10-apt.sh installs them)")
     if not ROOTFS or not Path(ROOTFS, "usr/lib/systemd/systemd").exists():
-        pytest.skip("no cached rootfs: OAR_ROOTFS is unset (tests/setup.d/50-rootfs.sh builds it)")
+        unavailable(f"no cached rootfs at OAR_ROOTFS={ROOTFS!r} (tests/setup.d/50-rootfs.sh builds it)")
 
 
 # --- makepkg as an unprivileged user -----------------------------------------------------------------------

@@ -34,8 +34,8 @@ EXPECTED_NOT_APPLICABLE = {
     "ollama.service is enabled and running": "no Ollama binary",
     "after a short generation": "no Ollama binary",
     "an AMD GPU is present": "no AMD GPU",
-    "the ollama user, with the service's groups, can open": "no AMD GPU",
-    "torch in the runner's Python sees a GPU": "no AMD GPU",
+    "ollama.service and the runner unit, each in its own sandbox, can open": "no AMD GPU",
+    "torch in the runner's Python, run in ollama.service's sandbox, sees a GPU": "no AMD GPU",
 }
 
 
@@ -178,10 +178,41 @@ def test_doctor_gpu_access_with_stand_in_nodes(stand_in_gpu, container):
         assert result.returncode == 1, report
         assert "ollama.service runs without group render" in report, report
         assert "fix: add `SupplementaryGroups=render video` in a drop-in" in report, report
-        assert "ollama cannot open /dev/kfd, /dev/dri/renderD128" in report, report
+        assert "ollama.service cannot open /dev/kfd, /dev/dri/renderD128" in report, report
         assert "/dev/kfd root:render 660" in report, report
+        assert "Permission denied" in report, report
     finally:
         container.run(f"rm -f {dropin} && gpasswd -a ollama render && systemctl daemon-reload")
+
+
+def test_doctor_opens_the_gpu_inside_the_units_sandbox(stand_in_gpu, container):
+    """The device check runs with the unit's own settings: a drop-in with PrivateDevices=yes (a private /dev
+    without the GPU) fails it, though the ollama user and its groups could open the nodes outside the unit."""
+    dropin = "/etc/systemd/system/ollama-airllm@.service.d/oar-private-devices.conf"
+    container.run(f"mkdir -p {dropin.rsplit('/', 1)[0]}")
+    container.write(dropin, "[Service]\nPrivateDevices=yes\n")
+    container.run("systemctl daemon-reload")
+    try:
+        outside = container.run("test -r /dev/kfd -a -w /dev/kfd", user="ollama", check=False)
+        assert outside.returncode == 0, "the ollama user itself must be able to open the stand-in nodes"
+        result = container.run(f"{DOCTOR} -k gpu_devices_reachable", check=False)
+        report = result.stdout
+        assert result.returncode == 1, report
+        assert "ollama-airllm@.service cannot open /dev/kfd, /dev/dri/renderD128" in report, report
+        assert "/dev/kfd: not in the unit's /dev (PrivateDevices=yes?)" in report, report
+        assert report.splitlines()[-1].startswith("0 ok, 1 failed"), report
+    finally:
+        container.run(f"rm -f {dropin} && systemctl daemon-reload")
+
+
+def test_doctor_runs_torch_inside_the_units_sandbox(stand_in_gpu, container):
+    """The torch check runs the runner's Python as a transient service with ollama.service's sandbox and
+    environment: it gets that far and reports this torch as not a ROCm build (the stage's venv has none)."""
+    result = container.run(f"{DOCTOR} -k torch_sees_gpu", check=False, timeout=300)
+    report = result.stdout
+    assert result.returncode == 1, report + result.stderr
+    assert "the runner's torch is not a ROCm build (torch.version.hip is None)" in report, report
+    assert report.splitlines()[-1].startswith("0 ok, 1 failed"), report
 
 
 def test_doctor_finds_a_broken_env_file(installed, container):

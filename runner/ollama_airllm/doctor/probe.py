@@ -1,4 +1,5 @@
-"""What the checks ask a host (a testinfra `host`): unit properties, process environments, HTTP, runuser.
+"""What the checks ask a host (a testinfra `host`): unit properties, process environments, HTTP, commands
+run as the ollama user or inside a unit's sandbox.
 
 Every question is a command run on the host through testinfra, so the same checks work on `local://`
 and over ssh.
@@ -134,6 +135,60 @@ def is_root(host: Any) -> bool:
 def unit_groups(host: Any, unit: str) -> list[str]:
     """The SupplementaryGroups a unit gives its processes."""
     return unit_props(host, unit, "SupplementaryGroups").get("SupplementaryGroups", "").split()
+
+
+# What decides which devices a service can open and how it sees them, as `systemctl show` names them; each is
+# also a property a transient unit takes (`systemd-run -p NAME=VALUE`).
+SANDBOX_PROPS = (
+    "User",
+    "Group",
+    "SupplementaryGroups",
+    "PrivateUsers",
+    "PrivateDevices",
+    "DevicePolicy",
+    "DeviceAllow",
+    "NoNewPrivileges",
+    "ProtectKernelTunables",
+    "ProtectProc",
+    "ProcSubset",
+)
+_ENV_FILE_RE = re.compile(r"^(\S+) \(ignore_errors=(yes|no)\)$")
+
+
+def sandbox_args(host: Any, unit: str) -> list[str] | None:
+    """`systemd-run` options giving a transient service `unit`'s sandbox (SANDBOX_PROPS).
+
+    None when the unit is not loaded (its properties would be systemd's defaults, not the unit's).
+    """
+    props = unit_props(host, unit, "LoadState", *SANDBOX_PROPS)
+    if props.get("LoadState") != "loaded":
+        return None
+    return [
+        f"--property={name}={value}"
+        for name in SANDBOX_PROPS
+        for value in props.get(name, "").splitlines()
+        if value
+    ]
+
+
+def environment_args(host: Any, unit: str) -> list[str]:
+    """`systemd-run` options giving a transient service `unit`'s EnvironmentFile= and Environment= lines."""
+    props = unit_props(host, unit, "EnvironmentFiles", "Environment")
+    args = []
+    for line in props.get("EnvironmentFiles", "").splitlines():
+        if found := _ENV_FILE_RE.match(line):
+            args.append(f"--property=EnvironmentFile={'-' * (found[2] == 'yes')}{found[1]}")
+    return args + [f"--setenv={assignment}" for assignment in shlex.split(props.get("Environment", ""))]
+
+
+def in_sandbox(args: list[str], command: str) -> str:
+    """A command line running `command` (a shell string) as a transient service with `args` (sandbox_args,
+    environment_args).
+
+    It waits for the command, passes its output through and exits with its status.
+    """
+    argv = ["systemd-run", "--quiet", "--wait", "--pipe", "--collect", *args, "--", "sh", "-c", command]
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def as_user(user: str, groups: list[str], command: str) -> str:

@@ -54,6 +54,7 @@ class HostFacts:
 
     root: bool
     systemd: bool  # systemd is the running init (not a chroot or a plain container)
+    systemd_run: bool  # systemd-run is installed (it runs commands in a unit's sandbox)
     package: str | None  # the installed package's name, if pacman knows it
     package_files: frozenset[str]
     ollama_bin: bool
@@ -67,6 +68,13 @@ class HostFacts:
     def require_systemd(self) -> None:
         if not self.systemd:
             not_applicable("systemd is not running on this host (a chroot or a container without an init)")
+
+    def require_sandbox(self) -> None:
+        """Checks that run a command with a unit's own sandbox need root, systemd and systemd-run."""
+        self.require_root()
+        self.require_systemd()
+        if not self.systemd_run:
+            not_applicable("systemd-run is missing, so no command can run with the unit's own sandbox")
 
     def require_ollama(self) -> None:
         if not self.ollama_bin:
@@ -97,6 +105,7 @@ def facts(host: Any) -> HostFacts:
     return HostFacts(
         root=probe.is_root(host),
         systemd=host.file("/run/systemd/system").is_directory,
+        systemd_run=host.exists("systemd-run"),
         package=package,
         package_files=files,
         ollama_bin=ollama_bin,

@@ -26,9 +26,9 @@ def test_kfd_present(host, facts):
 
 
 def test_gpu_devices_reachable(host, profile, facts):
-    """the ollama user, with the service's groups, can open /dev/kfd and the profile's render nodes"""
+    """ollama.service and the runner unit, each in its own sandbox, can open /dev/kfd and the render nodes"""
     facts.require_gpu()
-    facts.require_root()
+    facts.require_sandbox()
     present = set(host.run("ls /dev/dri/renderD* 2>/dev/null").stdout.split())
     wanted = {
         f"/dev/dri/renderD{gpu.render_minor}": gpu.name for gpu in profile.visible_gpus if gpu.render_minor
@@ -40,17 +40,33 @@ def test_gpu_devices_reachable(host, profile, facts):
             "the GPUs changed since the package was built: run `./build-all.sh` to detect and rebuild",
         )
     nodes = ["/dev/kfd", *sorted(present)]
-    groups = probe.unit_groups(host, probe.SERVICE)
-    denied = [
-        node
-        for node in nodes
-        if host.run(probe.as_user(probe.USER, groups, f"test -r {node} -a -w {node}")).rc != 0
-    ]
+    for unit in (probe.SERVICE, probe.RUNNER_PROBE_INSTANCE):
+        _check_unit_opens(host, unit, nodes)
+
+
+def _check_unit_opens(host, unit: str, nodes: list[str]) -> None:
+    """Open each node read-write in a transient service with `unit`'s user, groups and device settings."""
+    name = unit.replace("@doctor", "@")
+    args = probe.sandbox_args(host, unit)
+    if args is None:
+        not_applicable(f"{name} is not loaded (reported by the unit check)")
+    denied, errors = [], []
+    for node in nodes:
+        # `<>` opens read-write as HIP does; access(2) alone would miss the unit's device policy.
+        quoted = shlex.quote(node)
+        missing = shlex.quote(f"{node}: not in the unit's /dev (PrivateDevices=yes?)")
+        opens = f"if test -e {quoted}; then : <> {quoted}; else echo {missing} >&2; exit 1; fi"
+        result = host.run(probe.in_sandbox(args, opens))
+        if result.rc != 0:
+            denied.append(node)
+            errors.append((result.stderr or result.stdout).strip() or f"{node}: exit {result.rc}")
     if denied:
         modes = host.run("stat -c '%n %U:%G %a' " + " ".join(shlex.quote(n) for n in denied)).stdout.strip()
         fail(
-            f"{probe.USER} cannot open {', '.join(denied)}:\n  " + modes.replace("\n", "\n  "),
-            f"`SupplementaryGroups=render video` for ollama.service (`systemctl edit ollama`) or "
+            f"{name} cannot open {', '.join(denied)} (with the unit's user, groups and device settings):"
+            + "".join(f"\n  {line}" for line in [*modes.splitlines(), *errors]),
+            f"`SupplementaryGroups=render video`, `PrivateDevices=no` and `DeviceAllow=char-kfd rw`, "
+            f"`DeviceAllow=char-drm rw` for {name} (`systemctl edit {name}`), or "
             f"`usermod -aG render,video {probe.USER}`, then restart it",
         )
 

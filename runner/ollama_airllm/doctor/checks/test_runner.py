@@ -74,12 +74,16 @@ def test_runner_torch_imports(host, facts):
 
 
 def test_runner_torch_sees_gpu(host, facts):
-    """torch in the runner's Python sees a GPU"""
+    """torch in the runner's Python, run in ollama.service's sandbox, sees a GPU"""
     facts.require_gpu()
-    facts.require_root()
+    facts.require_sandbox()
     python = _runner_python(host)
+    args = probe.sandbox_args(host, probe.SERVICE)
+    if args is None:
+        not_applicable(f"{probe.SERVICE} is not loaded (reported by the unit check)")
     code = "import torch; print(torch.version.hip, torch.cuda.is_available() and torch.cuda.device_count())"
-    result = host.run(_as_service(host, f"{python} -c {shlex.quote(code)}"))
+    env = probe.environment_args(host, probe.SERVICE)
+    result = host.run(probe.in_sandbox([*args, *env], f"{python} -c {shlex.quote(code)}"))
     if result.rc != 0:
         not_applicable("torch does not import (reported by the check above)")
     hip, count = result.stdout.split()[-2:]
@@ -87,7 +91,7 @@ def test_runner_torch_sees_gpu(host, facts):
         fail("the runner's torch is not a ROCm build (torch.version.hip is None)", TORCH_FIX)
     if count in {"0", "False"}:
         fail(
-            "torch (ROCm) sees no GPU as the ollama user",
+            f"torch (ROCm) sees no GPU in {probe.SERVICE}'s sandbox",
             "see the GPU-device check above; an unsupported gfx needs HSA_OVERRIDE_GFX_VERSION (profile)",
         )
 
