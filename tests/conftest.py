@@ -4,6 +4,7 @@ def test_x(tiny_hf_llama, tiny_gguf):
     hf_dir = tiny_hf_llama                      # HF safetensors dir (llama, 2 layers)
     path = tiny_gguf("qwen3", "Q4_K")           # GGUF file, cached per (arch, qtype, options)
     path = tiny_gguf("llama", "F32", ctx=16384, n_layers=4)
+    path = tiny_gguf("llama", "F32", tokenizer="spm")   # tokenizers: gpt2, llama-bpe, qwen2, spm
 """
 
 from __future__ import annotations

@@ -75,3 +75,49 @@ def test_peak_anonymous_rss_is_resident_plus_two_layers_plus_kv(tiny_gguf):
     print(
         f"peak anon {used / 2**20:.1f} MiB, bound {bound / 2**20:.1f} MiB, all layers {full / 2**20:.1f} MiB"
     )
+
+
+SIZES_CHILD = r"""
+import gc, json, sys
+def anon():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+import torch
+torch.set_num_threads(1)
+from ollama_airllm.engine import Engine, EngineConfig
+path, resident, slots = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cfg = EngineConfig(device="cpu", n_ctx=4096, n_slots=slots, resident_layers=resident)
+Engine.load(path, EngineConfig(device="cpu", n_ctx=16, resident_layers=0)).close()  # imports, tokenizer
+gc.collect()
+base = anon()
+eng = Engine.load(path, cfg)
+print(json.dumps({"used": anon() - base, "resident": eng.info.resident_bytes, "kv": eng.info.kv_bytes}))
+"""
+
+
+def _load_sizes(path, resident: int, slots: int) -> dict:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", SIZES_CHILD, str(path), str(resident), str(slots)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_reported_resident_and_kv_bytes_match_measured_memory(tiny_gguf):
+    """EngineInfo's resident_bytes and kv_bytes against the anonymous memory a load really takes: the
+    differences between loads with all layers resident, or with more slots, and a lean load."""
+    path = tiny_gguf("llama", "Q8_0", n_layers=8, hidden=768, intermediate=3072, heads=12, kv_heads=4)
+    lean, resident, slots = _load_sizes(path, 0, 1), _load_sizes(path, 8, 1), _load_sizes(path, 0, 3)
+    slack = 6 << 20  # allocator granularity, per-load bookkeeping
+    grown = resident["used"] - lean["used"]
+    said = resident["resident"] - lean["resident"]
+    assert said > 200 << 20 and abs(grown - said) <= slack, (grown, said)
+    grown = slots["used"] - lean["used"]
+    said = slots["kv"] - lean["kv"]
+    assert said > 100 << 20 and abs(grown - said) <= slack, (grown, said)

@@ -1,9 +1,10 @@
 """The CUDA staging pipeline's bookkeeping (slots, layout, prefetch order), run on the CPU.
 
-No GPU exists here, so torch.cuda's Event/Stream are replaced by stand-ins that record the calls; the
-slot logic, the 256-byte layout, the double buffering and the prefetch across passes are the real code.
-What this cannot check is CUDA's own ordering; the events are placed so that a fill of a slot starts only
-after the compute that used it was queued and finished (free), and compute waits for the copy (ready).
+No GPU exists here, so torch.cuda's Event/Stream are replaced by stand-ins that log every record, wait
+and synchronize in order; the slot logic, the 256-byte layout, the double buffering and the prefetch
+across passes are the real code. The log shows the ordering CUDA would enforce: a slot is refilled only
+after the compute that last used it recorded `free` and the fill synchronized on it, and compute waits
+for the copy (`ready`). A pipeline that skips the `free` wait is caught (test_refill_check_...).
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ from ollama_airllm.engine.weights import WeightStore
 PROMPT = [5, 100, 200, 300, 17, 42, 7, 99]
 
 
+LOG: list[tuple[str, object]] = []  # ("record" | "sync" | "wait", event) and ("copy", None), in order
+
+
 class _Event:
     def __init__(self) -> None:
         self.recorded = 0
 
     def record(self, stream=None) -> None:
         self.recorded += 1
+        LOG.append(("record", self))
 
     def synchronize(self) -> None:
-        assert self.recorded, "waited on an event that was never recorded"
+        LOG.append(("sync", self))
 
 
 class _Stream:
@@ -38,24 +43,52 @@ class _Stream:
     def wait_event(self, e: _Event) -> None:
         assert e.recorded, "compute waited for a copy that was never queued"
         self.waited.append(e)
+        LOG.append(("wait", e))
+
+
+@contextlib.contextmanager
+def _copy_stream(stream):
+    LOG.append(("copy", None))  # the fill's copies into the slot start here
+    yield
 
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
+    LOG.clear()
     compute = _Stream()
     monkeypatch.setattr(torch.cuda, "Event", _Event)
     monkeypatch.setattr(torch.cuda, "Stream", _Stream)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: compute)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "stream", _copy_stream)
     return compute
 
 
-@pytest.mark.parametrize("resident", [set(), {0, 2}])
-def test_staged_pipeline_gives_the_same_logits(fake_cuda, tiny_gguf, resident):
-    path = tiny_gguf("qwen2", "Q8_0", n_layers=4)
-    want = Engine.load(path, EngineConfig(device="cpu", n_ctx=64, n_batch=3)).logits(PROMPT)
+def refill_violations(slots) -> list[str]:
+    """Fills of a slot that did not wait for its `free` event, recorded after compute last used the slot.
+
+    A fill's copies start at a ("copy", None) entry and end with the record of the slot's `ready` event.
+    Before the copies: since compute last waited on `ready` (its last use of the slot), `free` must have
+    been recorded (compute queued all its work) and then synchronized (that work finished).
+    """
+    by_ready = {id(s.ready): s for s in slots}
+    bad = []
+    for c, (kind, _) in enumerate(LOG):
+        if kind != "copy":
+            continue
+        ready = next(e for k, e in LOG[c:] if k == "record" and id(e) in by_ready)
+        free = by_ready[id(ready)].free
+        before = LOG[:c]
+        last_use = max((i for i, (k, e) in enumerate(before) if k == "wait" and e is ready), default=-1)
+        recorded = [i for i, (k, e) in enumerate(before) if k == "record" and e is free and i > last_use]
+        synced = [i for i, (k, e) in enumerate(before) if k == "sync" and e is free]
+        if not recorded or not synced or synced[-1] < recorded[0]:
+            bad.append(f"fill at log entry {c} did not wait for the slot's free event")
+    return bad
+
+
+def _run_passes(path, resident, store_cls=WeightStore, passes=3):
     model = open_gguf(path)
-    store = WeightStore(model, torch.device("cpu"), torch.float32, resident, staged=True)
+    store = store_cls(model, torch.device("cpu"), torch.float32, resident, staged=True)
     fills: list[int] = []
     orig = store._fill
 
@@ -65,13 +98,40 @@ def test_staged_pipeline_gives_the_same_logits(fake_cuda, tiny_gguf, resident):
 
     store._fill = fill
     tr = Transformer(model.spec, store, 64, 3)
-    for _ in range(3):  # later passes reuse the prefetch queued by the head of the previous pass
-        torch.testing.assert_close(tr.forward(None, PROMPT, 0, "all"), want, rtol=0, atol=0)
+    outs = [tr.forward(None, PROMPT, 0, "all") for _ in range(passes)]
     store.close()
+    return store, fills, outs
+
+
+@pytest.mark.parametrize("resident", [set(), {0, 2}])
+def test_staged_pipeline_gives_the_same_logits(fake_cuda, tiny_gguf, resident):
+    path = tiny_gguf("qwen2", "Q8_0", n_layers=4)
+    want = Engine.load(path, EngineConfig(device="cpu", n_ctx=64, n_batch=3)).logits(PROMPT)
+    # later passes reuse the prefetch queued by the head of the previous pass
+    store, fills, outs = _run_passes(path, resident)
+    for out in outs:
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
     streamed = [u for u in range(5) if u not in resident]
-    assert len(store._slots) == 2
+    assert len(store._staging) == 2
     assert fills[: len(streamed)] == streamed  # each streamed unit fetched in order ...
     assert fills == streamed * 3 + streamed[:1]  # ... once per pass, plus the next pass's first
     assert len(fake_cuda.waited) == 3 * len(streamed)  # compute waited for every staged copy
-    for s in store._slots:
+    for s in store._staging:
         assert all(a % 256 == 0 for a, _ in s.layout.values())
+    assert refill_violations(store._staging) == []  # no slot was refilled before its free event
+
+
+class _NoFreeWait(WeightStore):
+    """A broken pipeline: fills a slot without waiting for the compute that last used it."""
+
+    def _fill(self, s, u):
+        free, s.free = s.free, _Event()  # the fill synchronizes a fresh event, not the slot's own
+        try:
+            super()._fill(s, u)
+        finally:
+            s.free = free
+
+
+def test_refill_check_catches_a_missing_free_wait(fake_cuda, tiny_gguf):
+    store, _, _ = _run_passes(tiny_gguf("qwen2", "Q8_0", n_layers=4), set(), _NoFreeWait, passes=1)
+    assert refill_violations(store._staging)

@@ -109,3 +109,12 @@ def test_cli_writes_a_gguf(tmp_path, capsys):
     r = gguf.GGUFReader(out)
     assert r.fields["llama.context_length"].contents() == 16384
     assert r.fields["llama.block_count"].contents() == 1
+
+
+def test_cli_tokenizer_kind(tmp_path):
+    out = tmp_path / "spm.gguf"
+    tinymodel.main(["--arch", "mistral", "--layers", "1", "--tokenizer", "spm", "-o", str(out)])
+    r = gguf.GGUFReader(out)
+    assert r.fields["tokenizer.ggml.model"].contents() == "llama"
+    assert r.fields["tokenizer.ggml.tokens"].contents()[5:7] == ["<0x00>", "<0x01>"]
+    assert "tokenizer.ggml.merges" not in r.fields and r.fields["tokenizer.ggml.add_bos_token"].contents()

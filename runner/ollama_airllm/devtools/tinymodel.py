@@ -1,6 +1,7 @@
 """Tiny random models for tests and benchmarks: an HF safetensors directory and its GGUF conversion.
 
     python -m ollama_airllm.devtools.tinymodel --arch llama --layers 4 --qtype F32 --ctx 16384 -o model.gguf
+    python -m ollama_airllm.devtools.tinymodel --arch mistral --tokenizer spm -o mistral-like.gguf
 
 `make_hf_model` saves a random Llama/Mistral/Qwen2/Qwen3 checkpoint with the tiny tokenizer;
 `write_gguf` converts it the way llama.cpp's convert_hf_to_gguf does (tensor names, the Q/K rotary
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tinytokenizer import CHAT_TEMPLATE, CONTROL_TOKENS, make_tokenizer
+from .tinytokenizer import CHAT_TEMPLATE, CONTROL_TOKENS, HF_SPLIT_REGEX, KINDS, make_tokenizer
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3")
 QTYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K")
@@ -75,9 +76,11 @@ def make_hf_model(
     rms_eps: float = 1e-5,
     head_dim: int | None = None,
     llama3_rope: dict | None = None,
+    tokenizer: str = "gpt2",
 ) -> Path:
     """Save a random `arch` model with the tiny tokenizer to `out_dir` (safetensors + config + tokenizer).
 
+    tokenizer: the tiny tokenizer's kind (tinytokenizer.KINDS: gpt2, llama-bpe, qwen2, spm).
     llama3_rope: Llama 3.1-style rope scaling, e.g. {"factor": 8.0, "low_freq_factor": 1.0,
     "high_freq_factor": 4.0, "original_max_position_embeddings": 64}; the GGUF then gets rope_freqs.weight.
     """
@@ -88,7 +91,7 @@ def make_hf_model(
         raise ValueError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer()
+    tok = make_tokenizer(tokenizer)
     cfg = _hf_config(
         arch,
         vocab_size=len(tok),
@@ -189,6 +192,7 @@ def _random_k_blocks(rng: np.random.Generator, rows: int, cols: int, qtype: str)
 
 
 def _tokenizer_metadata(writer, hf_dir: Path) -> None:
+    """convert_hf_to_gguf's tokenizer keys: gpt2 (with the `pre` its split regex names) or llama (SPM)."""
     tok_json = json.loads((hf_dir / "tokenizer.json").read_text())
     vocab: dict[str, int] = dict(tok_json["model"]["vocab"])
     types = {}
@@ -198,22 +202,49 @@ def _tokenizer_metadata(writer, hf_dir: Path) -> None:
     tokens = [""] * len(vocab)
     for text, idx in vocab.items():
         tokens[idx] = text
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]]
     ids = {t: vocab[t] for t in CONTROL_TOKENS}
-    writer.add_tokenizer_model("gpt2")
-    # HF's ByteLevel(use_regex=True) split is GPT-2's regex, which llama.cpp calls "gpt-2".
-    writer.add_tokenizer_pre("gpt-2")
+    spm = bool(tok_json["model"].get("byte_fallback"))
+    if spm:
+        _spm_metadata(writer, tokens, types)
+    else:
+        _bpe_metadata(writer, tok_json)
     writer.add_token_list(tokens)
     writer.add_token_types([types.get(i, 1) for i in range(len(tokens))])
-    writer.add_token_merges(merges)
     writer.add_bos_token_id(ids["<s>"])
     writer.add_eos_token_id(ids["</s>"])
     writer.add_unk_token_id(ids["<unk>"])
     writer.add_pad_token_id(ids["</s>"])
     writer.add_eot_token_id(ids["<|im_end|>"])
-    writer.add_add_bos_token(False)
+    writer.add_add_bos_token(spm)  # the SPM kind adds BOS, as Llama 2 and Mistral do
     writer.add_add_eos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
+
+
+def _bpe_metadata(writer, tok_json: dict) -> None:
+    """A byte-level BPE: merges, and the pre-tokenizer name llama.cpp gives the split."""
+    pre = tok_json["pre_tokenizer"]
+    if pre["type"] == "ByteLevel":  # HF's ByteLevel(use_regex=True) is GPT-2's regex, llama.cpp's "gpt-2"
+        name = "gpt-2"
+    else:
+        regex = pre["pretokenizers"][0]["pattern"]["Regex"]
+        name = next(k for k, v in HF_SPLIT_REGEX.items() if v == regex)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(name)
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]])
+
+
+def _spm_metadata(writer, tokens: list[str], types: dict[int, int]) -> None:
+    """A SentencePiece vocabulary as convert_hf_to_gguf writes it: byte tokens typed BYTE, scores by rank,
+    no merges."""
+    for i, text in enumerate(tokens):
+        if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            types[i] = 6  # BYTE
+        elif text == "<unk>":
+            types[i] = 2  # UNKNOWN
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_scores([0.0 if i in types else -float(i) for i in range(len(tokens))])
+    writer.add_add_space_prefix(True)
 
 
 def write_gguf(
@@ -448,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--qtype", choices=QTYPES, default="F32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tie-embeddings", action="store_true")
+    p.add_argument("--tokenizer", choices=KINDS, default="gpt2", help="the tiny tokenizer's kind")
     p.add_argument("--hf-dir", help="where to keep the HF checkpoint (default: a temporary directory)")
     p.add_argument("-o", "--output", help="GGUF file to write (omit to make only the HF directory)")
     a = p.parse_args(argv)
@@ -466,6 +498,7 @@ def main(argv: list[str] | None = None) -> None:
             max_pos=a.ctx,
             seed=a.seed,
             tie_embeddings=a.tie_embeddings,
+            tokenizer=a.tokenizer,
             **shape,
         )
         if a.output:

@@ -1,8 +1,17 @@
-"""A deterministic byte-level BPE tokenizer (vocab 512) with ChatML chat tokens, for tiny test models."""
+"""Deterministic tokenizers (vocab 512) with ChatML chat tokens, for tiny test models.
+
+Kinds, each as its family's HF tokenizer.json spells it:
+  gpt2       byte-level BPE with GPT-2's split (ByteLevel use_regex)
+  llama-bpe  byte-level BPE with Llama 3's split regex and ignore_merges
+  qwen2      byte-level BPE with Qwen2's split regex (single digits); trained with Llama 3's split, so the
+             vocabulary has multi-digit tokens that only the right split keeps apart
+  spm        SentencePiece-style BPE (Llama 2, Mistral): Metaspace, byte fallback <0x00>..<0xFF>, and every
+             merge the vocabulary implies (pairs whose concatenation is a token, by the token's rank)
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from .corpus import CORPUS
 
@@ -91,33 +100,110 @@ CHAT_TEMPLATE = """
 """.strip()
 
 
-@lru_cache(maxsize=1)
-def _tokenizer_json() -> str:
-    """Train the BPE model once per process; the result is the same in every process."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+# The split regexes exactly as the HF tokenizer.json files of Llama 3 and Qwen2 spell them.
+HF_SPLIT_REGEX = {
+    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+KINDS = ("gpt2", "llama-bpe", "qwen2", "spm")
+SPM_BYTES = [f"<0x{b:02X}>" for b in range(256)]
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+
+def _byte_level(kind: str):
+    """An untrained byte-level BPE tokenizer with `kind`'s split (qwen2: trained with Llama 3's)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.BPE(ignore_merges=kind == "llama-bpe"))
+    if kind == "gpt2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(HF_SPLIT_REGEX[kind]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _train(tok, vocab_size: int, specials: list[str], alphabet: list[str]):
+    from tokenizers import trainers
+
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(USER_TOKENS),
+        vocab_size=vocab_size,
         min_frequency=1,
-        special_tokens=CONTROL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=specials,
+        initial_alphabet=alphabet,
         show_progress=False,
     )
     tok.train_from_iterator([CORPUS] * 4, trainer=trainer)
+    return tok
+
+
+def _implied_merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """SentencePiece's merge rule as a merge list: every split of a token into two tokens, by its rank."""
+    merges = []
+    for text, rank in sorted(vocab.items(), key=lambda kv: kv[1]):
+        splits = [(text[:i], text[i:]) for i in range(1, len(text))]
+        merges += [(a, b, rank) for a, b in splits if a in vocab and b in vocab]
+    return [(a, b) for a, b, _ in sorted(merges, key=lambda m: (m[2], vocab[m[0]], vocab[m[1]]))]
+
+
+def _spm():
+    """Llama 2 / Mistral style: <unk> <s> </s>, the chat tokens, 256 byte tokens, then the trained pieces;
+    BOS is added to every text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    metaspace = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    fixed = [*CONTROL_TOKENS, *SPM_BYTES]
+    trainee = Tokenizer(models.BPE())  # trained on words, so pieces are "▁word" as SentencePiece makes them
+    trainee.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    _train(trainee, VOCAB_SIZE - len(USER_TOKENS) - len(SPM_BYTES), CONTROL_TOKENS, [])
+    trained = sorted(trainee.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
+    vocab = {t: i for i, t in enumerate(fixed)}
+    for text, _ in trained:
+        vocab.setdefault(text, len(vocab))
+    bpe = models.BPE(vocab, _implied_merges(vocab), unk_token=UNK, fuse_unk=True, byte_fallback=True)
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = metaspace
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, vocab[BOS])])
+    return tok
+
+
+@cache
+def _tokenizer_json(kind: str = "gpt2") -> str:
+    """Train `kind` once per process; the result is the same in every process."""
+    from tokenizers import AddedToken, pre_tokenizers
+
+    if kind not in KINDS:
+        raise ValueError(f"tokenizer kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "spm":
+        tok = _spm()
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CONTROL_TOKENS])
+    else:
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        trainee = _byte_level("llama-bpe" if kind == "qwen2" else kind)
+        tok = _train(trainee, VOCAB_SIZE - len(USER_TOKENS), CONTROL_TOKENS, alphabet)
+        if kind == "qwen2":
+            tok.model.ignore_merges = False
+            tok.pre_tokenizer = _byte_level(kind).pre_tokenizer
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in USER_TOKENS])
     return tok.to_str()
 
 
-def make_tokenizer():
-    """The tiny models' tokenizer as a transformers PreTrainedTokenizerFast with the ChatML template."""
+def make_tokenizer(kind: str = "gpt2"):
+    """The tiny tokenizer of `kind` (see KINDS): a PreTrainedTokenizerFast with the ChatML template."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json(kind)),
         bos_token=BOS,
         eos_token=EOS,
         unk_token=UNK,

@@ -5,14 +5,18 @@
     ids = eng.tokenizer.encode("Hello", add_special=True, parse_special=True)
     res = eng.generate(0, ids, SamplingParams(temperature=0, n_predict=32), on_token=print)
 
-The API is described in /work/notes/engine-api.md and the README's engine section.
+The README's section "The layer-streaming engine" describes how it works. Modules: engine (Engine:
+slots, generation, embeddings), types (EngineInfo, GenerationResult, Backend), gguf_backend and hf_airllm
+(one per backend), gguf_file (validation, the mapping), weights (residency and streaming), model (the
+forward pass), tokenizer, sampling, textstream (stop strings).
 """
 
 from .config import EngineConfig
-from .engine import Constraint, ContextLengthError, Engine, EngineInfo, GenerationResult
+from .engine import Engine
 from .gguf_file import ModelFileError
 from .sampling import SamplingParams, TokenProbs
 from .tokenizer import Tokenizer
+from .types import Constraint, ContextLengthError, EngineInfo, GenerationResult
 
 __all__ = [
     "Constraint",

@@ -10,6 +10,7 @@ import torch
 
 DEVICE_ENV = "OLLAMA_AIRLLM_DEVICE"
 DEFAULT_RESERVE = 512 << 20
+DEFAULT_MAX_CTX = 4096  # n_ctx=None: the model's training context, at most this
 
 
 @dataclass
@@ -54,6 +55,10 @@ class EngineConfig:
         if self.compression not in (None, "8bit", "4bit"):
             raise ValueError(f"compression must be none, 8bit or 4bit, got {self.compression!r}")
 
+    def context_for(self, n_ctx_train: int) -> int:
+        """Each slot's context: n_ctx, or the model's training context up to DEFAULT_MAX_CTX."""
+        return self.n_ctx or min(n_ctx_train, DEFAULT_MAX_CTX)
+
 
 def resolve_device(name: str) -> torch.device:
     """The torch device for `name`, with $OLLAMA_AIRLLM_DEVICE overriding it."""
@@ -93,6 +98,11 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     except KeyError:
         raise ValueError(f"dtype {name!r} is not one of float32, float16, bfloat16") from None
     return dt
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The dtype's name without the module: torch.float32 -> "float32"."""
+    return str(dtype).removeprefix("torch.")
 
 
 def device_free_bytes(device: torch.device) -> int:

@@ -69,7 +69,11 @@ class ModelSpec:
 
 @dataclass
 class GGUFModel:
-    """A validated GGUF file: spec, metadata, per-layer tensor refs and the mapped bytes."""
+    """A validated GGUF file: spec, metadata, per-layer tensor refs and the mapped bytes.
+
+    `data` is the whole file as a uint8 tensor over GGUFReader's own mapping, opened copy-on-write ("c"),
+    so torch can wrap it without copying; nothing writes to it, so it stays shared with the page cache.
+    """
 
     path: Path
     spec: ModelSpec
@@ -77,31 +81,25 @@ class GGUFModel:
     layers: list[dict[str, TensorRef]]
     globals: dict[str, TensorRef]
     file_size: int
-    _data: torch.Tensor | None = field(default=None, repr=False)
-    _mmap: mmap.mmap | None = field(default=None, repr=False)
-
-    @property
-    def data(self) -> torch.Tensor:
-        """The whole file as a uint8 tensor over a private read-only-in-practice mapping (no copy)."""
-        if self._data is None:
-            with open(self.path, "rb") as f:
-                # ACCESS_COPY gives a writable (copy-on-write) buffer, so torch can wrap it without copying;
-                # nothing ever writes to it, so it stays shared with the page cache.
-                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-            self._data = torch.frombuffer(self._mmap, dtype=torch.uint8)
-        return self._data
+    data: torch.Tensor = field(repr=False)
+    mapping: mmap.mmap = field(repr=False)  # the mmap under `data`, for madvise
 
     def raw(self, t: TensorRef) -> torch.Tensor:
         return self.data[t.offset : t.offset + t.nbytes]
 
     def advise_willneed(self, refs: list[TensorRef]) -> None:
         """Ask the kernel to read these tensors into the page cache ahead of use."""
-        if self._mmap is None or not hasattr(mmap, "MADV_WILLNEED"):
+        if not hasattr(mmap, "MADV_WILLNEED"):
             return
         page = mmap.PAGESIZE
         for t in refs:
             start = t.offset // page * page
-            self._mmap.madvise(mmap.MADV_WILLNEED, start, t.offset + t.nbytes - start)
+            self.mapping.madvise(mmap.MADV_WILLNEED, start, t.offset + t.nbytes - start)
+
+    def is_file_view(self, t: torch.Tensor) -> bool:
+        """True when `t` shares memory with the mapped file (a zero-copy F32 view)."""
+        base = self.data.data_ptr()
+        return t.device.type == "cpu" and base <= t.data_ptr() < base + self.file_size
 
 
 _MISSING = object()
@@ -203,7 +201,7 @@ def open_gguf(path: str | os.PathLike) -> GGUFModel:
     if problem:
         raise ModelFileError(path, problem)
     try:
-        reader = GGUFReader(path, "r")
+        reader = GGUFReader(path, "c")
     except Exception as e:  # the scan should have caught it; gguf raises ValueError/KeyError/IndexError
         problem = f"the GGUF file is corrupt or of an unknown format (gguf reader: {e})"
         raise ModelFileError(path, problem) from None
@@ -216,7 +214,9 @@ def open_gguf(path: str | os.PathLike) -> GGUFModel:
     metadata = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
     tok_meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.ggml.")}
     metadata["_tokenizer"] = tok_meta
-    return GGUFModel(path, spec, metadata, layers, globals_, size)
+    # the reader's own mapping (an np.memmap, whose base is the mmap): the file is mapped once
+    data = torch.from_numpy(reader.data)
+    return GGUFModel(path, spec, metadata, layers, globals_, size, data, reader.data.base)
 
 
 def _regular_file_size(path: Path) -> int:

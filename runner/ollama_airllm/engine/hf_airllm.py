@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from .config import EngineConfig, device_name
+from .config import EngineConfig, dtype_name
 from .gguf_file import ModelFileError
-from .model import Cancelled
 from .tokenizer import from_hf
+from .types import Cancelled, EngineInfo, build_info, kv_cache_bytes
 
 
 def _no_clean_memory() -> None:
@@ -32,15 +32,8 @@ def disable_clean_memory() -> None:
 
 
 def load_airllm(path: Path, config: EngineConfig, device: torch.device, dtype: torch.dtype):
-    from .engine import EngineInfo
-
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise ModelFileError(path, "not a Hugging Face checkpoint directory (config.json is missing)")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise ModelFileError(path, "no *.safetensors or *.bin weights in the directory")
-    if config.compression and device.type != "cuda":
-        raise ValueError(f"compression={config.compression} needs a GPU (airllm quantizes with bitsandbytes)")
+    """(backend, info) for an HF checkpoint directory, split and streamed layer by layer by airllm."""
+    _check_checkpoint(path, config, device)
     import airllm
 
     disable_clean_memory()
@@ -52,26 +45,45 @@ def load_airllm(path: Path, config: EngineConfig, device: torch.device, dtype: t
             compression=config.compression,
             layer_shards_saving_path=config.hf_split_dir,
         )
-    hf_cfg = m.config
-    text_cfg = getattr(hf_cfg, "text_config", None) or hf_cfg
-    n_ctx_train = int(getattr(text_cfg, "max_position_embeddings", 4096))
-    n_ctx = config.n_ctx or min(n_ctx_train, 4096)
     tokenizer = from_hf(m.tokenizer)
-    backend = AirLLMBackend(m, tokenizer, device)
+    return AirLLMBackend(m, tokenizer, device), _info(path, m, tokenizer, config, device, dtype)
+
+
+def _check_checkpoint(path: Path, config: EngineConfig, device: torch.device) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelFileError(path, "not a Hugging Face checkpoint directory (config.json is missing)")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelFileError(path, "no *.safetensors or *.bin weights in the directory")
+    if config.compression and device.type != "cuda":
+        raise ValueError(f"compression={config.compression} needs a GPU (airllm quantizes with bitsandbytes)")
+
+
+def _resident_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the parameters and buffers that stay materialized between passes (airllm moves every
+    streamed layer back to the meta device after use)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors if t.device.type != "meta")
+
+
+def _info(path: Path, m, tokenizer, config: EngineConfig, device, dtype) -> EngineInfo:
+    text_cfg = getattr(m.config, "text_config", None) or m.config
+    n_ctx_train = int(getattr(text_cfg, "max_position_embeddings", 4096))
+    n_ctx = config.context_for(n_ctx_train)
     n_layer = int(text_cfg.num_hidden_layers)
     n_head = int(text_cfg.num_attention_heads)
     n_kv = int(getattr(text_cfg, "num_key_value_heads", n_head) or n_head)
     head_dim = int(getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // n_head)
-    item = torch.empty((), dtype=dtype).element_size()
-    split = Path(m.checkpoint_path)
-    split_bytes = sum(f.stat().st_size for f in split.glob("*.safetensors"))
-    weights_bytes = sum(f.stat().st_size for f in path.glob("*.safetensors"))
-    info = EngineInfo(
-        backend="airllm",
+    split_bytes = sum(f.stat().st_size for f in Path(m.checkpoint_path).glob("*.safetensors"))
+    return build_info(
+        "airllm",
+        tokenizer,
+        config,
+        device,
+        dtype,
         architecture=str(text_cfg.model_type),
         model_name=path.name,
-        file_size=weights_bytes,
-        file_type=config.compression or str(dtype).removeprefix("torch."),
+        file_size=sum(f.stat().st_size for f in path.glob("*.safetensors")),
+        file_type=config.compression or dtype_name(dtype),
         n_vocab=int(text_cfg.vocab_size),
         n_ctx_train=n_ctx_train,
         n_ctx=n_ctx,
@@ -79,24 +91,17 @@ def load_airllm(path: Path, config: EngineConfig, device: torch.device, dtype: t
         n_embd=int(text_cfg.hidden_size),
         n_head=n_head,
         n_head_kv=n_kv,
+        n_params=sum(p.numel() for p in m.model.parameters()),
         chat_template=getattr(m.tokenizer, "chat_template", None) or _template_file(path),
-        device=str(device),
-        device_name=device_name(device),
-        dtype=str(dtype).removeprefix("torch."),
-        n_slots=config.n_slots,
         n_resident_layers=0,
         n_streamed_layers=n_layer,
         head_resident=False,
-        resident_bytes=0,
+        resident_bytes=_resident_bytes(m.model),
         host_bytes=split_bytes,
-        kv_bytes=2 * n_layer * n_kv * head_dim * n_ctx * item * config.n_slots,
+        kv_bytes=kv_cache_bytes(n_layer, n_kv, head_dim, n_ctx, dtype) * config.n_slots,
         staging_bytes=0,
         streamed_bytes_per_pass=split_bytes,
-        bos_id=tokenizer.bos_id,
-        eos_id=tokenizer.eos_id,
-        eog_ids=tuple(sorted(tokenizer.eog_ids)),
     )
-    return backend, info
 
 
 def _template_file(path: Path) -> str | None:

@@ -16,11 +16,8 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from .gguf_file import ModelSpec
+from .types import Cancelled, kv_cache_bytes
 from .weights import WeightStore
-
-
-class Cancelled(Exception):
-    """should_stop() returned True between two layers."""
 
 
 @dataclass
@@ -43,8 +40,7 @@ class KVCache:
 
     @staticmethod
     def bytes_for(spec: ModelSpec, n_ctx: int, dtype: torch.dtype) -> int:
-        item = torch.empty((), dtype=dtype).element_size()
-        return 2 * spec.n_layer * spec.n_head_kv * n_ctx * spec.head_dim * item
+        return kv_cache_bytes(spec.n_layer, spec.n_head_kv, spec.head_dim, n_ctx, dtype)
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:

@@ -8,9 +8,15 @@ unless special=True (llama-server's defaults); user-defined tokens (e.g. <think>
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+# llama.cpp's vocabulary types (enum llama_vocab_type), by `tokenizer.ggml.model` and by HF model kind.
+VOCAB_NONE, VOCAB_SPM, VOCAB_BPE, VOCAB_WPM, VOCAB_UGM = 0, 1, 2, 3, 4
+GGUF_VOCAB_TYPES = {"llama": VOCAB_SPM, "gpt2": VOCAB_BPE, "bert": VOCAB_WPM, "t5": VOCAB_UGM}
+HF_VOCAB_TYPES = {"BPE": VOCAB_BPE, "Unigram": VOCAB_UGM, "WordPiece": VOCAB_WPM}
 
 # llama.cpp's pre-tokenizer regexes (llama-vocab.cpp) for the common `tokenizer.ggml.pre` values.
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
@@ -22,15 +28,22 @@ QWEN2_REGEX = (
     _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
     r"|\s+(?!\S)|\s+"
 )
+QWEN35_REGEX = (  # Qwen2's, with combining marks (\p{M}) kept in words
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 PRE_REGEX = {
     "llama-bpe": LLAMA3_REGEX,
     "llama3": LLAMA3_REGEX,
+    "llama-v3": LLAMA3_REGEX,
     "smaug-bpe": LLAMA3_REGEX,
     "qwen2": QWEN2_REGEX,
     "deepseek-r1-qwen": QWEN2_REGEX,
-    "qwen35": QWEN2_REGEX,
+    "qwen35": QWEN35_REGEX,
 }
 GPT2_PRES = ("gpt-2", "gpt2", "default", "")
+# llama.cpp looks whole pre-tokenized words up in the vocabulary first only for Llama 3
+IGNORE_MERGES_PRES = ("llama-bpe", "llama3", "llama-v3")
 
 # Token texts llama.cpp treats as end-of-generation when they exist in the vocabulary (llama-vocab.cpp).
 EOG_TEXTS = (
@@ -78,11 +91,14 @@ class Tokenizer:
         eog_ids: set[int],
         add_bos: bool,
         add_eos: bool = False,
+        *,
+        vocab_type: int,
     ) -> None:
-        self._plain = backend  # control tokens in text are plain text
-        self._special = backend.__class__.from_str(backend.to_str())
-        self._special.encode_special_tokens = False
-        self._plain.encode_special_tokens = True
+        # Two copies of the backend: one reads control tokens in the text as plain text, one parses them.
+        self._specials_as_text = backend
+        self._specials_parsed = backend.__class__.from_str(backend.to_str())
+        self._specials_parsed.encode_special_tokens = False
+        self._specials_as_text.encode_special_tokens = True
         self._pieces = pieces
         self._types = token_types
         self.bos_id = bos_id
@@ -91,10 +107,11 @@ class Tokenizer:
         self.add_bos = add_bos
         self.add_eos = add_eos
         self.n_vocab = len(pieces)
+        self.vocab_type = vocab_type  # llama.cpp's numbering: 1 SPM, 2 BPE, 3 WPM, 4 UGM
 
     def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Token ids of `text`; add_special adds BOS/EOS as the model's metadata asks."""
-        backend = self._special if parse_special else self._plain
+        backend = self._specials_parsed if parse_special else self._specials_as_text
         # encode_batch releases the GIL while it works (encode does not), so a long text tokenized in a
         # worker thread does not stall the server's event loop
         ids = backend.encode_batch([text], add_special_tokens=False)[0].ids
@@ -131,6 +148,13 @@ def from_gguf_metadata(meta: dict, path: str = "") -> Tokenizer:
     types = list(t.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens))
     if model not in ("gpt2", "llama"):
         raise ModelFileError(path, f"tokenizer model {model!r} is not supported (supported: gpt2, llama)")
+    pre = t.get("tokenizer.ggml.pre") or "default"
+    if model == "gpt2" and pre not in GPT2_PRES and pre not in PRE_REGEX:
+        raise ModelFileError(
+            path,
+            f"metadata tokenizer.ggml.pre is {pre!r}, a pre-tokenizer this runner does not know "
+            f"(supported: {', '.join(p for p in (*GPT2_PRES, *PRE_REGEX) if p)})",
+        )
     try:
         if model == "gpt2":
             backend, pieces = _bpe_backend(t, tokens, types)
@@ -158,6 +182,7 @@ def from_gguf_metadata(meta: dict, path: str = "") -> Tokenizer:
         eog,
         bool(add_bos),
         bool(t.get("tokenizer.ggml.add_eos_token", False)),
+        vocab_type=GGUF_VOCAB_TYPES[model],
     )
 
 
@@ -181,14 +206,13 @@ def _bpe_backend(t: dict, tokens: list[str], types: list[int]):
     merges = [tuple(m.split(" ", 1)) for m in t.get("tokenizer.ggml.merges") or []]
     vocab = {s: i for i, s in enumerate(tokens)}
     pre = t.get("tokenizer.ggml.pre") or "default"
-    # llama.cpp looks whole pre-tokenized words up in the vocabulary first only for Llama 3
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=pre in ("llama-bpe", "llama3")))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=pre in IGNORE_MERGES_PRES))
     if pre in GPT2_PRES:
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
         backend.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(PRE_REGEX.get(pre, LLAMA3_REGEX)), behavior="isolated"),
+                pre_tokenizers.Split(Regex(PRE_REGEX[pre]), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
@@ -268,4 +292,13 @@ def from_hf(hf_tokenizer) -> Tokenizer:
     eog |= {i for i, text in enumerate(tokens) if text in EOG_TEXTS and i in specials | added}
     bos = hf_tokenizer.bos_token_id
     add_bos = bool(bos is not None and hf_tokenizer("a", add_special_tokens=True).input_ids[:1] == [bos])
-    return Tokenizer(backend, pieces, types, bos, eos, eog, add_bos)
+    return Tokenizer(backend, pieces, types, bos, eos, eog, add_bos, vocab_type=_hf_vocab_type(spec))
+
+
+def _hf_vocab_type(spec: str) -> int:
+    """llama.cpp's vocab type of an HF tokenizer.json: a byte-fallback BPE is SentencePiece-style (SPM);
+    a kind llama.cpp has no type for (e.g. WordLevel) is VOCAB_NONE."""
+    model = json.loads(spec)["model"]
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return VOCAB_SPM
+    return HF_VOCAB_TYPES.get(model.get("type"), VOCAB_NONE)

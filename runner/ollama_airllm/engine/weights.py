@@ -55,7 +55,7 @@ def build_units(model: GGUFModel, dtype: torch.dtype) -> list[Unit]:
 
 
 @dataclass
-class _Slot:
+class _StagingSlot:
     """One CUDA staging slot: pinned host bytes + device bytes + the events that order their reuse."""
 
     pinned: torch.Tensor
@@ -101,7 +101,7 @@ class WeightStore:
             size = max(
                 (self.units[i].raw_bytes + 256 * len(self.units[i].refs) for i in self.streamed), default=0
             )
-            self._slots = [self._new_slot(size) for _ in range(2)] if self.streamed else []
+            self._staging = [self._new_slot(size) for _ in range(2)] if self.streamed else []
             self._current: int | None = None  # the streamed unit being computed: never refill its slot
             self._lock = threading.Lock()
         for i in sorted(self.resident):
@@ -112,12 +112,12 @@ class WeightStore:
     def resident_bytes(self) -> int:
         total = 0
         for t in self._resident.values():
-            total += sum(x.numel() * x.element_size() for x in t.values() if not _is_file_view(x, self.model))
+            total += sum(x.numel() * x.element_size() for x in t.values() if not self.model.is_file_view(x))
         return total
 
     def staging_bytes(self) -> int:
         if self._staged:
-            return sum(s.dev.numel() for s in self._slots)
+            return sum(s.dev.numel() for s in self._staging)
         return 0
 
     def next_streamed(self, unit: int) -> int | None:
@@ -161,7 +161,7 @@ class WeightStore:
 
     def done(self, unit: int) -> None:
         if self._staged and unit not in self._resident:
-            for s in self._slots:
+            for s in self._staging:
                 if s.unit == unit:
                     s.free.record(torch.cuda.current_stream(self.device))
 
@@ -196,30 +196,30 @@ class WeightStore:
         out = {}
         for k, r in u.refs.items():
             t = dequantize(self.model.raw(r), r.qtype, r.shape, self.dtype)
-            out[k] = t.clone() if _is_file_view(t, self.model) else t
+            out[k] = t.clone() if self.model.is_file_view(t) else t
         return out
 
-    def _new_slot(self, size: int) -> _Slot:
+    def _new_slot(self, size: int) -> _StagingSlot:
         free = torch.cuda.Event()
         free.record(torch.cuda.current_stream(self.device))
-        return _Slot(
+        return _StagingSlot(
             pinned=torch.empty(size, dtype=torch.uint8, pin_memory=self.device.type == "cuda"),
             dev=torch.empty(size, dtype=torch.uint8, device=self.device),
             ready=torch.cuda.Event(),
             free=free,
         )
 
-    def _slot_for(self, unit: int) -> _Slot:
+    def _slot_for(self, unit: int) -> _StagingSlot:
         with self._lock:
-            for s in self._slots:
+            for s in self._staging:
                 if s.unit == unit:
                     return s
-            s = next(x for x in self._slots if x.unit != self._current)
+            s = next(x for x in self._staging if x.unit != self._current)
             s.unit = unit
             s.future = self._pool.submit(self._fill, s, self.units[unit])
             return s
 
-    def _fill(self, s: _Slot, u: Unit) -> None:
+    def _fill(self, s: _StagingSlot, u: Unit) -> None:
         """Worker thread: wait until the slot's last user finished, then file -> pinned -> device.
 
         Each tensor's async device copy is queued as soon as its bytes are in the pinned buffer, so the
@@ -236,11 +236,3 @@ class WeightStore:
                 pos = (end + 255) // 256 * 256
             s.ready.record(self._copy_stream)
         s.layout = layout
-
-
-def _is_file_view(t: torch.Tensor, model: GGUFModel) -> bool:
-    """True when `t` shares memory with the mapped file (a zero-copy F32 view)."""
-    if t.device.type != "cpu" or model._data is None:
-        return False
-    base = model.data.data_ptr()
-    return base <= t.data_ptr() < base + model.file_size
