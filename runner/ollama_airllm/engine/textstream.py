@@ -5,6 +5,18 @@ from __future__ import annotations
 import codecs
 
 
+def held_back(text: str, markers) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of one of `markers`: text that could
+    still become a marker (a stop string, a tool-call tag) and must not be shown yet."""
+    best = 0
+    for m in markers:
+        for n in range(min(len(m) - 1, len(text)), best, -1):
+            if text.endswith(m[:n]):
+                best = n
+                break
+    return best
+
+
 class TextStream:
     """Incremental UTF-8 decoding plus stop-string matching with partial-match holding (as llama-server does).
 
@@ -30,7 +42,7 @@ class TextStream:
             self.stop_word = word
             self.text = self.text[:pos]
             return self._emit(pos)
-        return self._emit(len(self.text) - self._partial_len())
+        return self._emit(len(self.text) - held_back(self.text, self.stops))
 
     def finish(self) -> str:
         if self.stop_word is None:
@@ -50,13 +62,3 @@ class TextStream:
             if i >= 0 and (best is None or i < best[0]):
                 best = (i, s)
         return best
-
-    def _partial_len(self) -> int:
-        """Length of the longest tail of the text that is a proper prefix of some stop string."""
-        longest = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.text)), longest, -1):
-                if self.text.endswith(s[:n]):
-                    longest = n
-                    break
-        return longest

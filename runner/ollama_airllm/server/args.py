@@ -27,10 +27,8 @@ class RunnerConfig:
     jinja: bool = True
     chat_template: str | None = None  # a built-in name ("chatml") or jinja text
     embedding: bool = False
-    pooling: str = "mean"
     n_gpu_layers: int | None = None  # None = auto (fit), 0 = CPU only, N = first N layers resident
     main_gpu: int | None = None
-    device: str | None = None
     threads: int | None = None
     seed: int | None = None
     log_verbosity: int = 3
@@ -175,6 +173,8 @@ def _ignored(ns: argparse.Namespace) -> list[str]:
             out.append(f"{names[0]} {v} ({why})")
     for names, why in _IGNORED_SWITCHES.items():
         out += [f"{n} ({why})" for n in names if getattr(ns, "sw_" + n.lstrip("-").replace("-", "_"))]
+    if ns.pooling != "mean":
+        out.append(f"--pooling {ns.pooling} (mean pooling only)")
     if ns.flash_attn is not None:
         out.append(f"--flash-attn {ns.flash_attn} (attention is torch's scaled_dot_product_attention)")
     return out
@@ -217,7 +217,6 @@ def parse_args(argv: list[str], prog: str = "ollama-airllm-runner") -> RunnerCon
         jinja=ns.jinja,
         chat_template=template,
         embedding=ns.embedding,
-        pooling=ns.pooling,
         n_gpu_layers=ns.n_gpu_layers,
         main_gpu=ns.main_gpu,
         threads=ns.threads,

@@ -152,10 +152,8 @@ def _hard_exit(code: int) -> None:
 def serve(cfg: RunnerConfig) -> int:
     """Run the HTTP server until SIGTERM/SIGINT; returns the exit code."""
     _quit_on_signals()
-    import uvicorn
-
     from ..errors import UserError
-    from .app import Runner, create_app
+    from .app import Runner
 
     _setup_logging(cfg)
     try:
@@ -168,29 +166,31 @@ def serve(cfg: RunnerConfig) -> int:
     for item in cfg.ignored:
         emit(f"main: ignoring {item}")
     runner = Runner(cfg)
-    app = create_app(runner)
     failed: list[str] = []
+    server, loader = _make_server(cfg, runner, port, failed)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # cleanup below is short; a second signal waits
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if runner.slots is not None:
+            runner.slots.shutdown()
+        if runner.engine is not None:
+            runner.engine.close()
+        code = 1 if failed else 0
+        if code == 0:
+            emit("srv    operator(): cleaning up before exit...")
+        if loader.is_alive():
+            _hard_exit(code)
+    return code
 
-    def load() -> None:
-        try:
-            engine = load_engine(cfg)
-        except Exception as e:  # the reason goes to the log Ollama shows; no traceback for expected errors
-            msg = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-            if not isinstance(e, UserError | FileNotFoundError | ValueError):
-                log.exception("model load failed")
-            emit(f"llama_model_load: error loading model: {msg}")
-            emit("main: exiting due to model loading error")
-            failed.append(msg)
-            server.should_exit = True
-            return
-        if server.should_exit:  # stopped while loading: nothing may start now
-            engine.close()
-            return
-        runner.attach(engine)
-        emit("main: model loaded")
-        emit(f"main: server is listening on http://{cfg.host}:{port}")
 
-    loader = threading.Thread(target=load, name="model-load", daemon=True)
+def _make_server(cfg: RunnerConfig, runner, port: int, failed: list[str]):
+    """The uvicorn server and the model-load thread it starts once listening. A failed load appends its
+    reason to `failed` and stops the server."""
+    import uvicorn
+
+    from .app import create_app
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:
@@ -208,30 +208,37 @@ def serve(cfg: RunnerConfig) -> int:
                 self.force_exit = True
             self.should_exit = True
 
-    server = Server(
-        uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=3,
-            lifespan="off",
-        )
+    config = uvicorn.Config(
+        create_app(runner), log_level="warning", access_log=False, timeout_graceful_shutdown=3, lifespan="off"
     )
+    server = Server(config)
+    loader = threading.Thread(
+        target=_load, args=(cfg, runner, server, port, failed), name="model-load", daemon=True
+    )
+    return server, loader
+
+
+def _load(cfg: RunnerConfig, runner, server, port: int, failed: list[str]) -> None:
+    """Load the model (in the model-load thread) and make it live, unless the server is stopping."""
+    from ..errors import UserError
+
     try:
-        server.run(sockets=[sock])
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # cleanup below is short; a second signal waits
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if runner.slots is not None:
-            runner.slots.shutdown()
-        if runner.engine is not None:
-            runner.engine.close()
-        code = 1 if failed else 0
-        if code == 0:
-            emit("srv    operator(): cleaning up before exit...")
-        if loader.is_alive():
-            _hard_exit(code)
-    return code
+        engine = load_engine(cfg)
+    except Exception as e:  # the reason goes to the log Ollama shows; no traceback for expected errors
+        msg = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, UserError | FileNotFoundError | ValueError):
+            log.exception("model load failed")
+        emit(f"llama_model_load: error loading model: {msg}")
+        emit("main: exiting due to model loading error")
+        failed.append(msg)
+        server.should_exit = True
+        return
+    if server.should_exit:  # stopped while loading: nothing may start now
+        engine.close()
+        return
+    runner.attach(engine)
+    emit("main: model loaded")
+    emit(f"main: server is listening on http://{cfg.host}:{port}")
 
 
 def main(argv: list[str] | None = None) -> None:

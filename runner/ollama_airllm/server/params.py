@@ -9,6 +9,8 @@ with `Field 'NAME': type must be number, but is string` (nlohmann's wording), al
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -18,6 +20,8 @@ from .errors import ApiError, json_type
 INT32_MAX = 2**31 - 1
 FLT_MAX = 3.4028234663852886e38
 FLT_MIN = 1.1754943508222875e-38  # the smallest normal float32: below it llama-server's sampler sees 0
+
+log = logging.getLogger("ollama_airllm.server")
 
 
 @dataclass
@@ -123,6 +127,31 @@ def parse_completion(data: dict, defaults: SamplingParams, n_parallel: int) -> C
     s = SamplingParams(**{k: getattr(defaults, k) for k in defaults.__dataclass_fields__})
     s.stop = list(defaults.stop)
     opts = CompletionOptions(sampling=s)
+    _read_numbers(data, opts, n_parallel)
+    _read_bools(data, opts)
+    _read_stream_options(data, opts)
+    if data.get("stop") is not None:
+        s.stop = parse_stop(data["stop"]) or list(defaults.stop)
+    _read_constraint(data, opts)
+    rf = data.get("response_fields")
+    if rf is not None:
+        if not isinstance(rf, list) or not all(isinstance(x, str) for x in rf):
+            raise ApiError("Field 'response_fields': must be an array of strings")
+        opts.response_fields = rf
+    check_logit_bias(data.get("logit_bias"))
+    _note_ignored(data)
+    if not s.repeat_penalty >= FLT_MIN:  # llama-server's sampler init refuses it (a division by it)
+        raise ApiError(
+            "Failed to initialize samplers: penalty_repeat must be finite and greater than 0 "
+            f"(Field 'repeat_penalty', got {data.get('repeat_penalty')})"
+        )
+    if s.seed is not None:  # llama-server's seed is a uint32 (0xFFFFFFFF = -1 = random)
+        s.seed %= 2**32
+    return opts
+
+
+def _read_numbers(data: dict, opts: CompletionOptions, n_parallel: int) -> None:
+    """The numeric fields: type-checked, hard ranges refused, soft ranges clamped."""
     for names, kind, (low, high), hard, attr in _NUM_FIELDS:
         hit = _present(data, names)
         if hit is None:
@@ -135,11 +164,13 @@ def parse_completion(data: dict, defaults: SamplingParams, n_parallel: int) -> C
             raise ApiError(f"Field '{name}': Value must be between {low} <= value <= {high}, but got {v}")
         if not hard:
             v = max(low, v) if high is None else min(max(low, v), high)
-        target = opts if attr.startswith(":") else s
-        setattr(target, attr.lstrip(":"), v)
+        _set(opts, attr, v)
     for name, kind in _NUM_ACCEPTED:
         if data.get(name) is not None:
             _num(name, data[name], kind)
+
+
+def _read_bools(data: dict, opts: CompletionOptions) -> None:
     for name, attr in _BOOL_FIELDS:
         v = data.get(name)
         if v is None:
@@ -147,7 +178,15 @@ def parse_completion(data: dict, defaults: SamplingParams, n_parallel: int) -> C
         if not isinstance(v, bool):
             raise ApiError(f"Field '{name}': type must be boolean, but is {json_type(v)}")
         if attr:
-            setattr(opts if attr.startswith(":") else s, attr.lstrip(":"), v)
+            _set(opts, attr, v)
+
+
+def _set(opts: CompletionOptions, attr: str, v) -> None:
+    """Set `attr` on the options (":name") or on their SamplingParams ("name")."""
+    setattr(opts if attr.startswith(":") else opts.sampling, attr.lstrip(":"), v)
+
+
+def _read_stream_options(data: dict, opts: CompletionOptions) -> None:
     so = data.get("stream_options")
     if isinstance(so, dict) and so.get("include_usage") is not None:
         if not isinstance(so["include_usage"], bool):
@@ -155,17 +194,10 @@ def parse_completion(data: dict, defaults: SamplingParams, n_parallel: int) -> C
                 f"Field 'include_usage': type must be boolean, but is {json_type(so['include_usage'])}"
             )
         opts.include_usage = so["include_usage"]
-    if data.get("stop") is not None:
-        stop = data["stop"]
-        if isinstance(stop, str):
-            s.stop = [stop]
-        elif isinstance(stop, list):
-            if not all(isinstance(w, str) for w in stop):
-                raise ApiError(
-                    "Field 'stop': type must be string, but is "
-                    + json_type(next(w for w in stop if not isinstance(w, str)))
-                )
-            s.stop = [w for w in stop if w] or list(defaults.stop)
+
+
+def _read_constraint(data: dict, opts: CompletionOptions) -> None:
+    """`json_schema` (unless a `grammar` is given too) or `grammar`."""
     if data.get("json_schema") is not None and data.get("grammar") is None:
         schema = data["json_schema"]
         if not isinstance(schema, dict | bool):
@@ -178,24 +210,72 @@ def parse_completion(data: dict, defaults: SamplingParams, n_parallel: int) -> C
         if not isinstance(g, str):
             raise ApiError(f"Field 'grammar': type must be string, but is {json_type(g)}")
         opts.grammar = g or None
-    rf = data.get("response_fields")
-    if rf is not None:
-        if not isinstance(rf, list) or not all(isinstance(x, str) for x in rf):
-            raise ApiError("Field 'response_fields': must be an array of strings")
-        opts.response_fields = rf
-    if not s.repeat_penalty >= FLT_MIN:  # llama-server's sampler init refuses it (a division by it)
-        raise ApiError(
-            "Failed to initialize samplers: penalty_repeat must be finite and greater than 0 "
-            f"(Field 'repeat_penalty', got {data.get('repeat_penalty')})"
-        )
-    if s.seed is not None:  # llama-server's seed is a uint32 (0xFFFFFFFF = -1 = random)
-        s.seed %= 2**32
-    return opts
 
 
-def generation_settings(opts: CompletionOptions, model: str, n_ctx: int) -> dict:
-    """llama-server's `generation_settings` object (task_params::to_json), with this request's values."""
+def parse_stop(stop) -> list[str]:
+    """The stop strings of a `stop` field (a string or an array of strings), without empty ones."""
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list):
+        raise ApiError(f"Field 'stop': must be a string or an array of strings, but is {json_type(stop)}")
+    bad = next((w for w in stop if not isinstance(w, str)), None)
+    if bad is not None:
+        raise ApiError(f"Field 'stop': type must be string, but is {json_type(bad)}")
+    return [w for w in stop if w]
+
+
+_BIAS_PAIR = "a [token, bias] pair (token: an id or a string; bias: a number or false)"
+
+
+def check_logit_bias(bias) -> None:
+    """llama-server's `logit_bias` shapes: [[token, bias], ...] or {"token or text": bias, ...}."""
+    if bias is None:
+        return
+    if isinstance(bias, dict):
+        for key, v in bias.items():
+            if not _is_bias(v):
+                raise ApiError(
+                    f"Field 'logit_bias.{key}': the bias must be a number or false, but is {json_type(v)}"
+                )
+        return
+    if not isinstance(bias, list):
+        raise ApiError(f"Field 'logit_bias': must be an array or an object, but is {json_type(bias)}")
+    for i, pair in enumerate(bias):
+        ok = isinstance(pair, list) and len(pair) == 2 and _is_bias(pair[1])
+        if not ok or isinstance(pair[0], bool) or not isinstance(pair[0], int | str):
+            shown = json.dumps(pair, ensure_ascii=False)
+            raise ApiError(f"Field 'logit_bias[{i}]': must be {_BIAS_PAIR}, but got {shown[:80]}")
+
+
+def _is_bias(v) -> bool:
+    return v is False or (isinstance(v, int | float) and not isinstance(v, bool))
+
+
+# request fields that are accepted but change nothing here, and why (logged once per field)
+_IGNORED_FIELDS = {
+    "logit_bias": "not in the engine's sampler",
+    "n_keep": "no context shift: generation stops at the end of the context",
+    "timings_per_token": "timings come with the final response only",
+    "post_sampling_probs": "probabilities are reported before the sampler's filters, as prob/top_probs",
+}
+_logged: set[str] = set()
+
+
+def _note_ignored(data: dict) -> None:
+    """Log `ignoring FIELD (why)` the first time a request sets one of _IGNORED_FIELDS."""
+    for name, why in _IGNORED_FIELDS.items():
+        v = data.get(name)
+        if v in (None, False, [], {}) or name in _logged:
+            continue
+        _logged.add(name)
+        log.info("request: ignoring %s (%s)", name, why)
+
+
+def generation_settings(opts: CompletionOptions, eog_ids=()) -> dict:
+    """llama-server's `generation_settings` object (task_params::to_json), with this request's values.
+    `ignore_eos` shows as llama-server shows it: a -inf bias on each end-of-generation token."""
     s = opts.sampling
+    bias = [{"bias": -math.inf, "token": t} for t in sorted(eog_ids)] if s.ignore_eos else []
     return {
         "seed": s.seed if s.seed is not None and s.seed >= 0 else 0xFFFFFFFF,
         "temperature": s.temperature,
@@ -215,7 +295,7 @@ def generation_settings(opts: CompletionOptions, model: str, n_ctx: int) -> dict
         "dry_multiplier": 0.0,
         "dry_base": 1.75,
         "dry_allowed_length": 2,
-        "dry_penalty_last_n": n_ctx,
+        "dry_penalty_last_n": 64,
         "dry_sequence_breakers": ["\n", ":", '"', "*"],
         "mirostat": 0,
         "mirostat_tau": 5.0,
@@ -229,7 +309,7 @@ def generation_settings(opts: CompletionOptions, model: str, n_ctx: int) -> dict
         "n_discard": 0,
         "ignore_eos": s.ignore_eos,
         "stream": opts.stream,
-        "logit_bias": [],
+        "logit_bias": bias,
         "n_probs": s.n_probs,
         "min_keep": s.min_keep,
         "grammar": opts.grammar or "",

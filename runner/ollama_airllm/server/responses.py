@@ -92,13 +92,13 @@ class CompletionFormat:
             "model": r.model_name,
             "tokens_predicted": result.n_decoded,
             "tokens_evaluated": len(self.prompt),
-            "generation_settings": generation_settings(self.opts, r.model_name, r.info.n_ctx),
+            "generation_settings": generation_settings(self.opts, r.tokenizer.eog_ids),
             "prompt": r.tokenizer.decode(self.prompt, special=True),
             "has_new_line": "\n" in result.text,
             "truncated": result.stop_reason == "context",
             "stop_type": stop_type(result.stop_reason),
             "stopping_word": result.stopping_word,
-            "tokens_cached": len(self.prompt) + result.n_decoded,
+            "tokens_cached": len(self.prompt) + result.n_decoded - _not_evaluated(result),
             "timings": timings(result),
         }
         if not self.opts.stream and self.probs:
@@ -108,6 +108,12 @@ class CompletionFormat:
         if self.opts.response_fields:
             res = _pick_fields(res, self.opts.response_fields)
         return [res]
+
+
+def _not_evaluated(result) -> int:
+    """1 when the last generated token never went through the model (the run stopped right after
+    sampling it, not at an end-of-generation token), so its K/V is not in the cache."""
+    return int(result.n_decoded > 0 and result.stop_reason in ("limit", "word", "context"))
 
 
 def _pick_fields(res: dict, fields: list[str]) -> dict:

@@ -152,8 +152,8 @@ class SlotPool:
         fut.add_done_callback(finished)
         return gen
 
-    async def run_exclusive(self, fn, *args):
-        """Run a device job that needs no slot (embeddings) in a worker thread."""
+    async def run_without_slot(self, fn, *args):
+        """Run a job that needs no slot (embeddings) in a worker thread, beside any running generations."""
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     def cancel_all(self) -> None:

@@ -19,6 +19,8 @@ import secrets
 import string
 from dataclasses import dataclass, field
 
+from ..engine.textstream import held_back
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 MISTRAL_TAG, MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
@@ -56,17 +58,6 @@ class Parsed:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
 
-def _held_prefix(text: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest tail of `text` that is a proper prefix of one of `markers`."""
-    best = 0
-    for m in markers:
-        for n in range(min(len(m) - 1, len(text)), best, -1):
-            if text.endswith(m[:n]):
-                best = n
-                break
-    return best
-
-
 def _call_from_obj(obj) -> ToolCall | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
@@ -95,7 +86,7 @@ def split_reasoning(text: str, partial: bool, think_open: bool) -> tuple[str, st
     if end < 0:
         if not partial and not think_open:
             return "", text  # never closed: it was not reasoning after all
-        keep = len(body) - (_held_prefix(body, (THINK_CLOSE,)) if partial else 0)
+        keep = len(body) - (held_back(body, (THINK_CLOSE,)) if partial else 0)
         return body[:keep], ""
     return body[:end], body[end + len(THINK_CLOSE) :].lstrip("\n")
 
@@ -107,7 +98,7 @@ def _parse_hermes(text: str, partial: bool) -> tuple[str, list[ToolCall]]:
         if start < 0:
             tail = text[pos:]
             if partial:
-                tail = tail[: len(tail) - _held_prefix(tail, (TOOL_OPEN,))]
+                tail = tail[: len(tail) - held_back(tail, (TOOL_OPEN,))]
             content.append(tail)
             break
         content.append(text[pos:start])
@@ -160,7 +151,7 @@ def _parse_mistral(text: str, partial: bool) -> tuple[str, list[ToolCall]]:
     at = text.find(MISTRAL_TAG)
     if at < 0:
         if partial:
-            return text[: len(text) - _held_prefix(text, (MISTRAL_TAG,))], []
+            return text[: len(text) - held_back(text, (MISTRAL_TAG,))], []
         return text, []
     before, after = text[:at], text[at + len(MISTRAL_TAG) :]
     if partial:
