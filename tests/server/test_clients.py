@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 from ollama_airllm.devtools.tinytokenizer import WEATHER_TOOLS
+
+from tests.clients import opencode_turn
 
 TOOLS = WEATHER_TOOLS
 # the random test model cannot decide to call a tool, so a grammar makes it (see the README's differences)
@@ -79,52 +79,8 @@ def test_openai_tools(client):
 @pytest.mark.slow
 def test_opencode_completes_a_turn(tiny_gguf, start_runner, srvtools, tmp_path):
     """opencode's system prompt and tool list are ~19k tokens with the test tokenizer: 32k context."""
-    opencode = srvtools.opencode_bin()
     srv = start_runner(tiny_gguf("llama", "F32", ctx=32768), "-c", "32768", "-t", "1", "--alias", "tiny")
-    config = {
-        "$schema": "https://opencode.ai/config.json",
-        "model": "airllm/tiny",
-        "small_model": "airllm/tiny",
-        "autoupdate": False,
-        "share": "disabled",
-        "permission": {"*": "allow"},
-        "provider": {
-            "airllm": {
-                "npm": "@ai-sdk/openai-compatible",
-                "name": "airllm runner",
-                "options": {"baseURL": srv.url + "/v1", "timeout": False},
-                "models": {"tiny": {"name": "tiny", "limit": {"context": 32768, "output": 32}}},
-            }
-        },
-    }
-    work = tmp_path / "work"
-    work.mkdir()
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "XDG_DATA_HOME": str(tmp_path / "data"),
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),
-        "XDG_STATE_HOME": str(tmp_path / "state"),
-        "OPENCODE_CONFIG_CONTENT": json.dumps(config),
-        "OPENCODE_DISABLE_MODELS_FETCH": "true",
-        "OPENCODE_DISABLE_AUTOUPDATE": "true",
-        "OPENCODE_DISABLE_LSP_DOWNLOAD": "true",
-        "OPENCODE_DISABLE_PROJECT_CONFIG": "true",
-    }
-    out = subprocess.run(
-        [opencode, "run", "--format", "json", "--model", "airllm/tiny", "--title", "test", "say hi"],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    errors = [e for e in events if e.get("type") == "error"]
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert not errors, errors
+    events = opencode_turn(srvtools.opencode_bin(), srv.url + "/v1", "tiny", 32768, tmp_path)
     finishes = [e["part"]["reason"] for e in events if e.get("type") == "step_finish"]
     assert finishes and finishes[-1] in ("stop", "length", "tool-calls")
     assert "Traceback" not in srv.log()
