@@ -318,6 +318,15 @@ def test_taken_port_is_one_clear_line(chat_model, srvtools):
     assert "Traceback" not in done.stderr and "HTTP server is listening" not in done.stdout
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/completion", {"prompt": "hi", "n_predict": 1}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+])  # fmt: skip
+def test_an_id_slot_that_does_not_exist_is_a_400(small, path, body):
+    """Was: the request waited for ever for slot 7 of a one-slot server (found by the fuzz run)."""
+    _assert_error(_post(small, path, {**body, "id_slot": 7}), 400, "'id_slot': 7 is not a slot", "0 to 0")
+
+
 def test_grammar_errors_hide_xgrammar_internals(small):
     for body in (
         {"prompt": "x", "grammar": "root ::= foo", "n_predict": 1},

@@ -83,6 +83,9 @@ class SlotPool:
         return max(self._free, key=lambda s: (common(s), -s))
 
     async def acquire(self, prompt: list[int], wanted: int = -1) -> int:
+        if wanted >= self.n_slots:  # would wait for ever for a slot that does not exist
+            last = self.n_slots - 1
+            raise ApiError(f"Field 'id_slot': {wanted} is not a slot: this server has slots 0 to {last}")
         cond = self._condition()
         async with cond:
             self.n_deferred += 1
