@@ -10,10 +10,17 @@ def test_x(tiny_hf_llama, tiny_gguf):
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton kernels (ollama_airllm.kernels) run under Triton's CPU interpreter. It must be chosen
+# before anything imports triton.language: its own helpers (tl.zeros, tl.sum) are compiled functions otherwise.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _lock = threading.Lock()
 
