@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-# Without a GPU, Triton kernels (ollama_airllm.kernels) run under Triton's CPU interpreter. It must be chosen
-# before anything imports triton.language: its own helpers (tl.zeros, tl.sum) are compiled functions otherwise.
+# Without a GPU, Triton kernels (ollama_airllm.kernels) run under Triton's CPU interpreter. It must be
+# chosen before anything imports triton.language (airllm does): else its helpers (tl.zeros, tl.sum) are
+# compiled functions that the interpreter cannot call.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
