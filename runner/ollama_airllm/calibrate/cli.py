@@ -11,7 +11,7 @@ import click
 
 from ..errors import UserError
 from ..hardware.system import read_ram_bytes
-from ..installed import machine_profile
+from ..installed import machine_profile, profile_option
 from . import measure
 from .record import CALIBRATION_PATH, VERSION, Calibration, Host, Rate, gpu_set, save, utc_now
 
@@ -80,13 +80,7 @@ def _line(name: str, rate: Rate) -> str:
     default=None,
     help="Directory whose read speed is measured (default: the profile's ollama.models_dir).",
 )
-@click.option(
-    "--profile",
-    "profile_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Profile YAML (default: /etc/ollama-airllm/profile.yaml, else the reference profile).",
-)
+@profile_option
 def calibrate(output: Path, quick: bool, models_dir: Path | None, profile_path: Path | None) -> None:
     """Measure pinned host->GPU copies, host memory and models-directory reads, and Q4_K GEMV/GEMM rates.
 

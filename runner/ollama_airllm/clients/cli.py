@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError, UserError
-from ..installed import machine_profile
+from ..installed import machine_profile, profile_option
 from .config import ModelLimits, default_path, merge_openclaw, merge_opencode, output_limit, write_config
 
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,199}$")
@@ -111,13 +111,7 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str | None) ->
     callback=_check_model,
     help="Ollama model to configure (default: every model Ollama lists; the first is the default).",
 )
-@click.option(
-    "--profile",
-    "profile_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Profile YAML (default: /etc/ollama-airllm/profile.yaml, else the reference profile).",
-)
+@profile_option
 @click.option(
     "--config",
     "config_path",
