@@ -404,12 +404,16 @@ def _check_load(path: Path) -> None:
     eng.close()
 
 
-@settings(
+# Both fuzz runs: bounded, no stored examples, the `good` file fixture shared by every example.
+FUZZ = settings(
     max_examples=120,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+@FUZZ
 @given(data=st.data())
 def test_fuzz_metadata_values(tmp_path, good, data):
     fields = _fields(good)
@@ -429,12 +433,7 @@ def test_fuzz_metadata_values(tmp_path, good, data):
     _check_load(p)
 
 
-@settings(
-    max_examples=120,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@FUZZ
 @given(data=st.data())
 def test_fuzz_header_bytes(tmp_path, good, data):
     raw = bytearray(good.read_bytes())

@@ -85,6 +85,12 @@ def launch(cmd: list[str], env: dict | None = None, wait: bool = True) -> Server
     return srv
 
 
+def launch_small_runner(model, n_slots: int) -> Server:
+    """Our runner on `model` with a 128-token context, `n_slots` slots and embeddings, one thread."""
+    flags = ["-c", "128", "-np", str(n_slots), "-t", "1", "--embedding"]
+    return launch([*runner_cmd(), "--model", str(model), *flags])
+
+
 def runner_cmd() -> list[str]:
     exe = shutil.which("ollama-airllm-runner")
     return [exe] if exe else [sys.executable, "-m", "ollama_airllm.server.main"]
@@ -126,6 +132,7 @@ def srvtools():
 
     return SimpleNamespace(
         launch=launch,
+        launch_small_runner=launch_small_runner,
         runner_cmd=runner_cmd,
         llama_server_bin=llama_server_bin,
         opencode_bin=opencode_bin,

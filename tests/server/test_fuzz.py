@@ -22,20 +22,7 @@ EXAMPLES = 25
 
 @pytest.fixture(scope="module")
 def fuzz_server(chat_model, srvtools, module_servers):
-    srv = srvtools.launch(
-        [
-            *srvtools.runner_cmd(),
-            "--model",
-            str(chat_model),
-            "-c",
-            "128",
-            "-np",
-            "2",
-            "-t",
-            "1",
-            "--embedding",
-        ]
-    )
+    srv = srvtools.launch_small_runner(chat_model, n_slots=2)
     module_servers.append(srv)
     return srv
 

@@ -25,20 +25,7 @@ HANG = 30  # seconds: only to detect a hang, never a speed assertion
 @pytest.fixture(scope="module")
 def small(chat_model, srvtools, module_servers):
     """A runner with a small context (128 tokens per slot), one slot, embeddings on."""
-    srv = srvtools.launch(
-        [
-            *srvtools.runner_cmd(),
-            "--model",
-            str(chat_model),
-            "-c",
-            "128",
-            "-np",
-            "1",
-            "-t",
-            "1",
-            "--embedding",
-        ]
-    )
+    srv = srvtools.launch_small_runner(chat_model, n_slots=1)
     module_servers.append(srv)
     return srv
 
