@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from .gguf_file import ModelSpec
+from .linear import linear
 from .types import Cancelled, kv_cache_bytes
 from .weights import WeightStore
 
@@ -126,7 +127,7 @@ class Transformer:
             return h.float()
         out = torch.cat(
             [
-                F.linear(h[a : a + self.n_batch], w["output.weight"]).float()
+                linear(h[a : a + self.n_batch], w["output.weight"]).float()
                 for a in range(0, h.shape[0], self.n_batch)
             ]
         )
@@ -135,12 +136,20 @@ class Transformer:
     def _layer(
         self, w: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache, i: int, pos: int
     ) -> torch.Tensor:
+        """One repeating layer: x + attention(norm(x)), then + ffn(norm(x))."""
+        eps = self.spec.rms_eps
+        x = x + self._attention(w, rms_norm(x, w["attn_norm.weight"], eps), cache, i, pos)
+        return x + self._ffn(w, rms_norm(x, w["ffn_norm.weight"], eps), i)
+
+    def _attention(
+        self, w: dict[str, torch.Tensor], h: torch.Tensor, cache: KVCache, i: int, pos: int
+    ) -> torch.Tensor:
+        """Self-attention of the normed hidden states h at positions pos.., through layer i's KV cache."""
         spec = self.spec
-        T, nh, nkv, hd = x.shape[0], spec.n_head, spec.n_head_kv, spec.head_dim
-        h = rms_norm(x, w["attn_norm.weight"], spec.rms_eps)
-        q = F.linear(h, w["attn_q.weight"], w.get("attn_q.bias")).view(T, nh, hd)
-        k = F.linear(h, w["attn_k.weight"], w.get("attn_k.bias")).view(T, nkv, hd)
-        v = F.linear(h, w["attn_v.weight"], w.get("attn_v.bias")).view(T, nkv, hd)
+        T, nh, nkv, hd = h.shape[0], spec.n_head, spec.n_head_kv, spec.head_dim
+        q = linear(h, w["attn_q.weight"], w.get("attn_q.bias")).view(T, nh, hd)
+        k = linear(h, w["attn_k.weight"], w.get("attn_k.bias")).view(T, nkv, hd)
+        v = linear(h, w["attn_v.weight"], w.get("attn_v.bias")).view(T, nkv, hd)
         if spec.rope_permuted:  # GGUF rows (pairs interleaved) -> HF rows (rotate-half halves)
             q = q.view(T, nh, hd // 2, 2).transpose(-1, -2).reshape(T, nh, hd)
             k = k.view(T, nkv, hd // 2, 2).transpose(-1, -2).reshape(T, nkv, hd)
@@ -164,8 +173,10 @@ class Transformer:
             enable_gqa=nkv != nh,
         )
         o = o[0].transpose(0, 1).reshape(T, nh * hd)
-        x = x + F.linear(o, w["attn_output.weight"])
-        h = rms_norm(x, w["ffn_norm.weight"], spec.rms_eps)
-        return x + F.linear(
-            F.silu(F.linear(h, w["ffn_gate.weight"])) * F.linear(h, w["ffn_up.weight"]), w["ffn_down.weight"]
+        return linear(o, w["attn_output.weight"])
+
+    def _ffn(self, w: dict[str, torch.Tensor], h: torch.Tensor, i: int) -> torch.Tensor:
+        """The SwiGLU MLP of layer i on the normed hidden states h."""
+        return linear(
+            F.silu(linear(h, w["ffn_gate.weight"])) * linear(h, w["ffn_up.weight"]), w["ffn_down.weight"]
         )

@@ -39,6 +39,11 @@ class Unit:
     dense_bytes: int
 
 
+def is_expert_tensor(name: str) -> bool:
+    """MoE expert stacks (ffn_{gate,up,down}_exps.*) are fetched per routed expert, not with their unit."""
+    return "_exps." in name
+
+
 def build_units(model: GGUFModel, dtype: torch.dtype) -> list[Unit]:
     """Layers 0..n_layer-1, then the head (output_norm + output, or token_embd when tied)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -47,7 +52,8 @@ def build_units(model: GGUFModel, dtype: torch.dtype) -> list[Unit]:
         "output.weight": model.globals.get("output.weight") or model.globals["token_embd.weight"],
     }
     units = []
-    for i, refs in enumerate([*model.layers, head]):
+    for i, all_refs in enumerate([*model.layers, head]):
+        refs = {k: r for k, r in all_refs.items() if not is_expert_tensor(k)}
         raw = sum(r.nbytes for r in refs.values())
         dense = sum(r.numel * itemsize for r in refs.values())
         units.append(Unit(i, refs, raw, dense))

@@ -1,0 +1,30 @@
+"""One matmul entry point for the forward pass: dense tensors, or weights still in their GGUF blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType
+
+from .. import kernels
+
+
+@dataclass(frozen=True)
+class QWeight:
+    """A 2-D weight kept in its GGUF blocks: `raw` is uint8 [rows, row_bytes] on the compute device."""
+
+    raw: torch.Tensor
+    qtype: GGMLQuantizationType
+    shape: tuple[int, int]  # (rows, cols), numpy order
+
+
+def linear(x: torch.Tensor, w: torch.Tensor | QWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., k] @ w.T (+ bias), like F.linear; a QWeight is multiplied from its blocks."""
+    if isinstance(w, torch.Tensor):
+        return F.linear(x, w, bias)
+    rows, k = w.shape
+    flat = x.reshape(-1, k)
+    y = kernels.matmul(flat, w.raw, GGMLQuantizationType(w.qtype).name, k).reshape(*x.shape[:-1], rows)
+    return y if bias is None else y + bias.to(y.dtype)
