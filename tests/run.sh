@@ -9,7 +9,7 @@ source tests/setup.sh
 oar_step "ruff"
 ruff check runner tests bench
 oar_step "shellcheck"
-shellcheck -x build-all.sh tests/run.sh tests/setup.sh .ci/run
+shellcheck -x build-all.sh tests/run.sh tests/setup.sh .ci/run bench/gpu-device.sh
 shellcheck -s bash tests/setup.d/*.sh
 oar_step "go test ./runner/airllmrunner/..."
 (cd runner/airllmrunner && go vet ./... && go test ./...)

@@ -4,16 +4,27 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
 
 // Environment variables read by Decide.
 const (
-	EnvForce       = "AIRLLM_FORCE"         // a true value starts the runner for every model
-	EnvEnable      = "OLLAMA_AIRLLM"        // a false value turns the runner off
-	EnvRunner      = "OLLAMA_AIRLLM_RUNNER" // absolute path of the runner executable
-	EnvGPUOverhead = "OLLAMA_GPU_OVERHEAD"  // bytes reserved per GPU, as Ollama reads it
+	EnvForce       = "AIRLLM_FORCE"                // a true value starts the runner for every model
+	EnvEnable      = "OLLAMA_AIRLLM"               // a false value turns the runner off
+	EnvRunner      = "OLLAMA_AIRLLM_RUNNER"        // absolute path of the runner executable
+	EnvGPUOverhead = "OLLAMA_GPU_OVERHEAD"         // bytes reserved per GPU, as Ollama reads it
+	EnvTakeover    = "OLLAMA_AIRLLM_TAKEOVER"      // auto, over-vram or never
+	EnvPromptTok   = "OLLAMA_AIRLLM_PROMPT_TOKENS" // the workload's prompt tokens (auto policy)
+	EnvOutputTok   = "OLLAMA_AIRLLM_OUTPUT_TOKENS" // the workload's output tokens (auto policy)
+)
+
+// The workload the auto policy times, unless the environment says otherwise.
+const (
+	DefaultPromptTokens = 4096
+	DefaultOutputTokens = 512
+	maxWorkloadTokens   = 1 << 24
 )
 
 // DefaultRunner is where the package installs the runner.
@@ -41,53 +52,138 @@ type Input struct {
 	GPUs []GPU `json:"gpus"`
 	// NumGPU is the num_gpu option: -1 automatic, 0 CPU only, >0 layers asked for.
 	NumGPU int `json:"num_gpu"`
+	// RAMFreeBytes is the free system memory (ml.SystemInfo.FreeMemory).
+	RAMFreeBytes uint64 `json:"ram_free_bytes"`
+	// Facts describe the model (FactsFromTensors); zero when unknown.
+	Facts ModelFacts `json:"facts"`
+	// Rates are the machine's speeds (LoadCalibration).
+	Rates Rates `json:"rates"`
 }
 
 // Decision says which runner serves the model and why.
 type Decision struct {
-	AirLLM   bool     `json:"airllm"`   // true: start Runner instead of llama-server
-	Forced   bool     `json:"forced"`   // AIRLLM_FORCE asked for the runner
-	Runner   string   `json:"runner"`   // the runner executable (resolved even when not used)
-	Reason   string   `json:"reason"`   // one line, e.g. "airllm: model 41.2 GiB > usable VRAM 19.6 GiB (...)"
-	Warnings []string `json:"warnings"` // ignored environment values, one line each
+	AirLLM   bool     `json:"airllm"`    // true: start Runner instead of llama-server
+	Forced   bool     `json:"forced"`    // AIRLLM_FORCE asked for the runner
+	Runner   string   `json:"runner"`    // the runner executable (resolved even when not used)
+	Reason   string   `json:"reason"`    // one line, e.g. "airllm: model 42187 MiB > usable VRAM 20114 MiB (...)"
+	Warnings []string `json:"warnings"`  // ignored environment values, one line each
+	NCPUMoE  int      `json:"n_cpu_moe"` // > 0: start llama-server with --n-cpu-moe NCPUMoE
 }
 
 // Decide picks llama-server or the AirLLM runner for a model.
 //
 // In order: OLLAMA_AIRLLM=0 turns the runner off; AIRLLM_FORCE=1 starts it;
-// without a GPU, or with num_gpu set, llama-server serves the model;
-// otherwise the runner is used when the model estimate exceeds FitPercent of
-// the selected GPUs' free VRAM after Ollama's per-GPU reserve and
-// OLLAMA_GPU_OVERHEAD. A model exactly at that limit stays on llama-server.
+// without a GPU, or with num_gpu set, llama-server serves the model; a model
+// within usable VRAM (FitPercent of the selected GPUs' free VRAM after
+// Ollama's per-GPU reserve and OLLAMA_GPU_OVERHEAD) stays on llama-server;
+// beyond it OLLAMA_AIRLLM_TAKEOVER decides: auto (the default) compares the
+// cost model's times for the workload, over-vram starts the runner, never
+// keeps llama-server. A MoE model kept on llama-server gets NCPUMoE.
 func Decide(in Input, env LookupEnv) Decision {
 	s := readSettings(env)
-	d := Decision{Runner: s.runner, Forced: s.force, Warnings: s.warnings}
+	d := Decision{Runner: s.runner, Warnings: s.warnings}
 	switch {
 	case s.off:
-		d.Forced = false
 		d.Reason = fmt.Sprintf("llama-server: AirLLM runner turned off by %s=%s", EnvEnable, s.offValue)
+		return d
 	case s.force:
-		d.AirLLM = true
+		d.AirLLM, d.Forced = true, true
 		d.Reason = fmt.Sprintf("airllm: forced by %s=%s", EnvForce, s.forceValue)
+		return d
 	case len(in.GPUs) == 0:
 		d.Reason = "llama-server: no GPU selected; the AirLLM runner needs one (" + EnvForce + "=1 overrides)"
+		return d
 	case in.NumGPU == 0:
 		d.Reason = "llama-server: num_gpu=0 asks for CPU only"
+		return d
 	case in.NumGPU > 0:
 		d.Reason = fmt.Sprintf("llama-server: num_gpu=%d set explicitly", in.NumGPU)
-	default:
-		available := availableVRAM(in.GPUs, s.overhead)
-		usable := available/100*FitPercent + available%100*FitPercent/100 // no overflow
-		detail := fmt.Sprintf("(%d%% of %s free after reserves on %s)",
-			FitPercent, gib(available), plural(len(in.GPUs), "GPU"))
-		if in.ModelBytes > usable {
-			d.AirLLM = true
-			d.Reason = fmt.Sprintf("airllm: model %s > usable VRAM %s %s", gib(in.ModelBytes), gib(usable), detail)
-		} else {
-			d.Reason = fmt.Sprintf("llama-server: model %s <= usable VRAM %s %s", gib(in.ModelBytes), gib(usable), detail)
-		}
+		return d
 	}
+	available := availableVRAM(in.GPUs, s.overhead)
+	usable := UsableVRAM(available)
+	detail := fmt.Sprintf("(%d%% of %s free after reserves on %s)",
+		FitPercent, mib(available), plural(len(in.GPUs), "GPU"))
+	if in.ModelBytes <= usable {
+		d.Reason = fmt.Sprintf("llama-server: model %s <= usable VRAM %s %s", mib(in.ModelBytes), mib(usable), detail)
+		return d
+	}
+	over := fmt.Sprintf("model %s > usable VRAM %s %s", mib(in.ModelBytes), mib(usable), detail)
+	if s.takeover == "over-vram" || (s.takeover == "auto" && !Known(in.Facts)) {
+		how := ""
+		if s.takeover != "over-vram" {
+			how = "; no model facts, so the over-vram rule"
+		}
+		d.AirLLM = true
+		d.Reason = "airllm: " + over + how
+		return d
+	}
+	never := fmt.Sprintf("llama-server: %s=never; %s", EnvTakeover, over)
+	if !Known(in.Facts) {
+		d.Reason = never
+		return d
+	}
+	llama := LlamaServerEstimate(in, usable, s.promptTokens)
+	if llama.Path == "cpu-moe" {
+		d.NCPUMoE = llama.GPULayers
+	}
+	if s.takeover == "never" {
+		d.Reason = never + moeNote(llama)
+		return d
+	}
+	return auto(d, in, usable, llama, s)
+}
+
+// auto is the auto policy: the runner when it is faster for the workload, or
+// when the model does not fit RAM + VRAM.
+func auto(d Decision, in Input, usable uint64, llama Estimate, s settings) Decision {
+	runner := EstimateRunner(in.Facts, in.Rates, usable, in.RAMFreeBytes, s.promptTokens)
+	sizes := fmt.Sprintf("model %s, usable VRAM %s, free RAM %s", mib(in.ModelBytes), mib(usable), mib(in.RAMFreeBytes))
+	if in.ModelBytes-usable > in.RAMFreeBytes {
+		d.AirLLM, d.NCPUMoE = true, 0
+		d.Reason = fmt.Sprintf("airllm: the model does not fit RAM + VRAM (%s)", sizes)
+		return d
+	}
+	tRunner := WorkloadSeconds(runner, s.outputTokens)
+	tLlama := WorkloadSeconds(llama, s.outputTokens)
+	d.AirLLM = tRunner < tLlama
+	prefix, chosen := "llama-server", "llama-server"
+	if d.AirLLM {
+		prefix, chosen, d.NCPUMoE = "airllm", "runner", 0
+	}
+	d.Reason = fmt.Sprintf("%s: runner %s tok/s vs llama-server %s tok/s%s → %s (workload %d+%d tokens: %.1f s vs %.1f s; %s)",
+		prefix, tps(runner.DecodeTPS), tps(llama.DecodeTPS), moeNote(llama), chosen,
+		s.promptTokens, s.outputTokens, tRunner, tLlama, sizes)
 	return d
+}
+
+func moeNote(llama Estimate) string {
+	if llama.Path == "cpu-moe" {
+		return fmt.Sprintf(" with --n-cpu-moe %d", llama.GPULayers)
+	}
+	return ""
+}
+
+// WorkloadSeconds is the time for the first token, then the other output
+// tokens at the decode speed.
+func WorkloadSeconds(e Estimate, outputTokens int) float64 {
+	return e.TTFTSeconds + float64(outputTokens)/e.DecodeTPS
+}
+
+// tps formats tokens per second, readable from 0.001 to thousands.
+func tps(v float64) string {
+	switch {
+	case v < 0.1:
+		return fmt.Sprintf("%.3f", v)
+	case v < 10:
+		return fmt.Sprintf("%.2f", v)
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+// UsableVRAM is FitPercent of available, rounded down, without overflow.
+func UsableVRAM(available uint64) uint64 {
+	return available/100*FitPercent + available%100*FitPercent/100
 }
 
 // WithRunnerCheck applies the result of checking that the runner can be
@@ -121,9 +217,9 @@ func addSat(a, b uint64) uint64 {
 	return a + b
 }
 
-// gib formats bytes as GiB with one decimal, e.g. "41.2 GiB".
-func gib(b uint64) string {
-	return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30))
+// mib formats bytes as whole MiB (rounded down), e.g. "40123 MiB".
+func mib(b uint64) string {
+	return fmt.Sprintf("%d MiB", b>>20)
 }
 
 func plural(n int, word string) string {
@@ -139,11 +235,14 @@ type settings struct {
 	forceValue, offValue string
 	runner               string
 	overhead             uint64
+	takeover             string
+	promptTokens         int
+	outputTokens         int
 	warnings             []string
 }
 
 func readSettings(env LookupEnv) settings {
-	s := settings{runner: DefaultRunner}
+	s := settings{runner: DefaultRunner, takeover: "auto"}
 	if v := envValue(env, EnvForce); v != "" {
 		if b, err := strconv.ParseBool(v); err == nil {
 			s.force, s.forceValue = b, v
@@ -172,7 +271,32 @@ func readSettings(env LookupEnv) settings {
 			s.warnings = append(s.warnings, badValue(EnvGPUOverhead, v, "a number of bytes", "0"))
 		}
 	}
+	if v := envValue(env, EnvTakeover); v != "" {
+		if slices.Contains(TakeoverPolicies, v) {
+			s.takeover = v
+		} else {
+			s.warnings = append(s.warnings, badValue(EnvTakeover, v, "auto, over-vram or never", "auto"))
+		}
+	}
+	s.promptTokens = tokens(env, EnvPromptTok, DefaultPromptTokens, &s.warnings)
+	s.outputTokens = tokens(env, EnvOutputTok, DefaultOutputTokens, &s.warnings)
 	return s
+}
+
+// TakeoverPolicies are the values of OLLAMA_AIRLLM_TAKEOVER.
+var TakeoverPolicies = []string{"auto", "over-vram", "never"}
+
+func tokens(env LookupEnv, key string, def int, warnings *[]string) int {
+	v := envValue(env, key)
+	if v == "" {
+		return def
+	}
+	if n, err := strconv.ParseUint(v, 10, 64); err == nil && n >= 1 && n <= maxWorkloadTokens {
+		return int(n)
+	}
+	allowed := fmt.Sprintf("a number of tokens from 1 to %d", maxWorkloadTokens)
+	*warnings = append(*warnings, badValue(key, v, allowed, strconv.Itoa(def)))
+	return def
 }
 
 func badValue(key, value, allowed, used string) string {

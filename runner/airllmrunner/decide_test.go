@@ -22,20 +22,27 @@ type vectorCase struct {
 
 func loadVectors(t *testing.T) []vectorCase {
 	t.Helper()
-	data, err := os.ReadFile(vectorsPath)
+	return append(loadCases(t, vectorsPath, "cases"), loadCases(t, planVectorsPath, "decisions")...)
+}
+
+func loadCases(t *testing.T, path, key string) []vectorCase {
+	t.Helper()
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatalf("reading shared vectors: %v", err)
 	}
-	var doc struct {
-		Cases []vectorCase `json:"cases"`
+	var doc map[string]json.RawMessage
+	var cases []vectorCase
+	if err := json.Unmarshal(data, &doc); err == nil {
+		err = json.Unmarshal(doc[key], &cases)
 	}
-	if err := json.Unmarshal(data, &doc); err != nil {
-		t.Fatalf("%s: %v", vectorsPath, err)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
-	if len(doc.Cases) == 0 {
-		t.Fatalf("%s: no cases", vectorsPath)
+	if len(cases) == 0 {
+		t.Fatalf("%s: no %s", path, key)
 	}
-	return doc.Cases
+	return cases
 }
 
 func mapEnv(env map[string]string) LookupEnv {
@@ -55,6 +62,9 @@ func TestDecideVectors(t *testing.T) {
 			if got.AirLLM != c.Want.AirLLM || got.Forced != c.Want.Forced || got.Runner != c.Want.Runner {
 				t.Errorf("got airllm=%v forced=%v runner=%q, want airllm=%v forced=%v runner=%q",
 					got.AirLLM, got.Forced, got.Runner, c.Want.AirLLM, c.Want.Forced, c.Want.Runner)
+			}
+			if got.NCPUMoE != c.Want.NCPUMoE {
+				t.Errorf("n_cpu_moe: got %d, want %d", got.NCPUMoE, c.Want.NCPUMoE)
 			}
 			if got.Reason != c.Want.Reason {
 				t.Errorf("reason\n got: %s\nwant: %s", got.Reason, c.Want.Reason)

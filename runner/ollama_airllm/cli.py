@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "detect": "ollama_airllm.hardware.cli:detect",
     "render": "ollama_airllm.pkggen.cli:render",
     "doctor": "ollama_airllm.doctor.cli:doctor",
+    "plan": "ollama_airllm.plan.cli:plan",
     "serve": "ollama_airllm.server.cli:serve",
 }
 

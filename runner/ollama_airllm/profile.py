@@ -287,6 +287,12 @@ class AirLLMSettings(_Strict):
     compression: Literal["none", "8bit", "4bit"] = "none"
     cache_dir: DataDir = "/var/lib/ollama/airllm"
     vram_reserve_mib: int = Field(default=1024, ge=0, le=1048576)
+    # When the runner takes over a model beyond usable VRAM (README, "The Ollama patch"): auto = when the
+    # planner estimates it faster for the workload below, or the model exceeds RAM + VRAM; over-vram = always.
+    takeover: Literal["auto", "over-vram", "never"] = "auto"
+    # The workload the auto policy times: new prompt tokens per request, then output tokens.
+    workload_prompt_tokens: int = Field(default=4096, ge=1, le=16777216)
+    workload_output_tokens: int = Field(default=512, ge=1, le=16777216)
 
     @model_validator(mode="after")
     def _force_needs_enabled(self) -> AirLLMSettings:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from ollama_airllm import fit
+from ollama_airllm.calibrate import measure
 from ollama_airllm.calibrate.record import (
     Calibration,
     gpu_set,
@@ -85,6 +87,21 @@ def test_gpu_rates_are_measured_or_marked_defaults(calibrated):
         assert f"gpu.{name}" in result.stdout and "not measured: no GPU" in result.stdout
     assert calibration.rate("host_to_device", gpu=0).value == 25.0
     assert not any(name.startswith("gpu0.") for name in calibration.rates)
+
+
+def test_llama_cpu_rates_are_written_as_documented_defaults(calibrated):
+    """calibrate runs no llama-server: llama.cpp's per-thread CPU rates are the documented defaults, marked
+    so, and the planner reads them from the file."""
+    work, result = calibrated
+    calibration = Calibration.model_validate_json((work / "calibration.json").read_text())
+    for name in ("cpu.llama_weight_read", "cpu.llama_gemm"):
+        rate = calibration.rates[name]
+        assert not rate.measured and rate.why == "calibrate does not run llama-server", rate
+        assert rate.value == measure.DEFAULTS[name].value and "per llama-server thread" in rate.how
+        assert name in result.stdout
+    values = {name: r.value for name, r in calibration.rates.items()}
+    rates = fit.rates_from_calibration(values, "q8_0", 3)
+    assert rates.cpu_weight_read == 3 * calibration.rates["cpu.llama_weight_read"].value
 
 
 def test_a_missing_models_dir_is_reported_and_defaulted(tmp_path):

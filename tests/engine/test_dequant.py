@@ -1,44 +1,39 @@
-"""Device dequantization (torch) is bit-exact against gguf.quants' numpy dequantization."""
+"""The engine's dense copies (engine.dequant, over the kernels package) are bit-exact against gguf.quants'
+numpy dequantization, for every type the engine accepts."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
+from gguf import GGMLQuantizationType
+from ollama_airllm.engine import dequant
 from ollama_airllm.engine.dequant import SUPPORTED, dequantize
+from ollama_airllm.kernels import QTYPES
+from ollama_airllm.kernels.testdata import random_blocks, reference
 
-# Byte offsets of the fp16 scale fields in each block type (the rest of a block is any byte pattern).
-F16_FIELDS = {"Q8_0": [0], "Q4_0": [0], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
 
-
-def _random_blocks(qtype: GGMLQuantizationType, rows: int, cols: int, rng) -> np.ndarray:
-    block, size = GGML_QUANT_SIZES[qtype]
-    if qtype == GGMLQuantizationType.F32:
-        return rng.standard_normal((rows, cols), dtype=np.float32).view(np.uint8)
-    if qtype == GGMLQuantizationType.F16:
-        return rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
-    if qtype == GGMLQuantizationType.BF16:
-        bits = rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint32) >> 16
-        return bits.astype(np.uint16).view(np.uint8)
-    n = rows * cols // block
-    b = rng.integers(0, 256, size=(n, size), dtype=np.uint8)
-    for off in F16_FIELDS[qtype.name]:  # finite scales, both signs, a wide range of magnitudes
-        d = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 2, n)).astype(np.float16)
-        b[:, off : off + 2] = d.view(np.uint8).reshape(n, 2)
-    return b.reshape(rows, -1)
+def test_every_kernel_type_is_supported():
+    assert {q.name for q in SUPPORTED} == set(QTYPES)
+    assert {"Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS", "MXFP4"} <= set(QTYPES)
 
 
 @pytest.mark.parametrize("qtype", sorted(SUPPORTED, key=lambda q: q.value), ids=lambda q: q.name)
-def test_bit_exact_against_gguf(qtype):
-    rng = np.random.default_rng(qtype.value)
-    rows, cols = 8, 512
-    raw = _random_blocks(qtype, rows, cols, rng)
-    want = quants.dequantize(raw, qtype).astype(np.float32).reshape(rows, cols)
+def test_bit_exact_against_gguf(qtype, monkeypatch):
+    monkeypatch.setattr(dequant, "CHUNK_VALUES", 1024)  # 512-value rows: chunks of 2 rows, 3 chunks
+    rows, cols = 6, 512
+    raw = random_blocks(qtype.name, rows, cols, seed=qtype.value)
+    want = reference(raw, qtype.name, cols)
     got = dequantize(torch.from_numpy(raw.reshape(-1).copy()), qtype, (rows, cols), torch.float32)
     assert got.shape == (rows, cols)
-    assert np.isfinite(want).all()
     np.testing.assert_array_equal(got.numpy().view(np.uint32), want.view(np.uint32))
+
+
+def test_half_precision_output_rounds_like_torch():
+    raw = random_blocks("Q6_K", 3, 256, seed=3)
+    raw_t = torch.from_numpy(raw.reshape(-1).copy())
+    got = dequantize(raw_t, GGMLQuantizationType.Q6_K, (3, 256), torch.bfloat16)
+    assert torch.equal(got, torch.from_numpy(reference(raw, "Q6_K", 256)).to(torch.bfloat16))
 
 
 def test_f32_is_zero_copy():

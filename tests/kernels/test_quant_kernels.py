@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGML_QUANT_SIZES
+from ollama_airllm import kernels
 from ollama_airllm.kernels import GEMV_MAX_TOKENS, QTYPES, dequantize, gemv, matmul, qtype, work_buffer
 from ollama_airllm.kernels.qtypes import GGML
 from ollama_airllm.kernels.testdata import random_blocks, reference
@@ -24,7 +25,7 @@ def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def test_the_geometry_is_gguf_s():
-    assert len(TYPES) == 15
+    assert len(TYPES) == 16
     for name, q in QTYPES.items():
         assert GGML_QUANT_SIZES[GGML[name]] == (q.block, q.block_bytes), name
 
@@ -48,7 +49,7 @@ def test_gemv_reads_the_blocks(name):
     assert _rel_err(gemv(x, torch.from_numpy(raw), name, k), ref) < REL_TOL
 
 
-@pytest.mark.parametrize("name", ["F16", "Q4_0", "Q5_1", "Q8_0", "Q3_K", "Q4_K", "Q6_K", "IQ4_XS"])
+@pytest.mark.parametrize("name", ["F16", "Q4_0", "Q5_1", "Q8_0", "Q3_K", "Q4_K", "Q6_K", "IQ4_XS", "MXFP4"])
 def test_prefill_dequantizes_chunks_into_one_buffer(name):
     k, rows = _k(name, 2), 37
     raw = torch.from_numpy(random_blocks(name, rows, k, seed=2))
@@ -59,7 +60,7 @@ def test_prefill_dequantizes_chunks_into_one_buffer(name):
     assert _rel_err(matmul(x[:2], raw, name, k), ref[:2]) < REL_TOL  # a few tokens: the GEMV
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q4_K", "IQ4_NL"])
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_K", "IQ4_NL", "MXFP4"])
 def test_the_numpy_cpu_path_matches_the_kernels(name):
     k, rows = _k(name, 2), 37
     raw = torch.from_numpy(random_blocks(name, rows, k, seed=3))
@@ -84,3 +85,18 @@ def test_bad_input_is_named():
     raw = torch.zeros(2, 144, dtype=torch.uint8)
     with pytest.raises(ValueError, match="Q4_K rows of 512 values take 288 bytes, got 144"):
         dequantize(raw, "Q4_K", 512)
+
+
+@pytest.mark.parametrize("name", ["BF16", "Q5_0", "Q2_K", "MXFP4"])
+def test_the_numpy_path_calls_gguf_py_on_bounded_pieces(name, monkeypatch):
+    """Rows go to gguf-py NUMPY_VALUES values at a time (one call each, not one per 16 rows)."""
+    k, rows = _k(name, 2), 37
+    raw = random_blocks(name, rows, k, seed=4)
+    ref = reference(raw, name, k)
+    monkeypatch.setattr(kernels, "NUMPY_VALUES", 4 * k)  # 4 rows a call: 10 calls, the last of 1 row
+    calls = []
+    orig = kernels.quants.dequantize
+    monkeypatch.setattr(kernels.quants, "dequantize", lambda a, t: calls.append(a.shape) or orig(a, t))
+    ours = dequantize(torch.from_numpy(raw), name, k, backend="numpy").numpy()
+    assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32))
+    assert len(calls) == 10 and all(c[0] == 1 for c in calls)

@@ -30,6 +30,7 @@ def test_vector(case):
     assert got == (want["airllm"], want["forced"], want["runner"])
     assert decision.reason == want["reason"]
     assert list(decision.warnings) == want["warnings"]
+    assert decision.n_cpu_moe == want["n_cpu_moe"]
 
 
 @pytest.mark.parametrize("case", COMPARED, ids=[c["name"] for c in COMPARED])
@@ -59,6 +60,14 @@ def test_environment_defaults_to_os_environ(monkeypatch):
     monkeypatch.setenv(fit.ENV_RUNNER, "/opt/runner")
     decision = fit.decide(fit.FitInput(model_bytes=1))
     assert decision.airllm and decision.forced and decision.runner == "/opt/runner"
+
+
+def test_sizes_under_a_gib_stay_readable():
+    """A reason shows sizes in MiB: a 300 MiB model is never "0.3 GiB" or "0.0 GiB"."""
+    gpus = (fit.GPU(free_bytes=fit.MINIMUM_BYTES + 200 * 2**20),)
+    reason = fit.decide(fit.FitInput(300 * 2**20, gpus), {fit.ENV_TAKEOVER: "over-vram"}).reason
+    want = "airllm: model 300 MiB > usable VRAM 160 MiB (80% of 200 MiB free after reserves on 1 GPU)"
+    assert reason == want
 
 
 def test_default_reserve_is_ollamas_minimum():

@@ -6,12 +6,14 @@ import json
 import os
 import random
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 
 from ollama_airllm import fit
 
 GO_PACKAGE = Path(__file__).resolve().parents[2] / "runner" / "airllmrunner"
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "fit_decision.json"
+PLAN_VECTORS = VECTORS.with_name("plan_decision.json")
 GiB, MiB = 2**30, 2**20
 
 BOOLS = ["1", "0", "t", "f", "TRUE", "false", "True", "yes", "no", "on", "off", "2", "-1", "tRUE", ""]
@@ -32,6 +34,8 @@ NUMBERS = [
     "",
 ]
 PATHS = ["/usr/lib/ollama/airllm-runner", "/opt//x/../runner/", "//double", "/", "runner", "./r", "~/r", ""]
+TAKEOVERS = ["auto", "over-vram", "never", "Auto", "over_vram", "", "never "]
+TOKENS = ["1", "512", "4096", "16777216", "16777217", "0", "-1", "1e3", "x", ""]
 WRAPS = ["{}", " {} ", '"{}"', "'{}'", "\t{}\n", "\u3000{}\u00a0", "\"' {} '\"", "\u200b{}"]
 
 
@@ -41,6 +45,9 @@ def _env(rng: random.Random) -> dict[str, str]:
         fit.ENV_ENABLE: BOOLS,
         fit.ENV_GPU_OVERHEAD: NUMBERS,
         fit.ENV_RUNNER: PATHS,
+        fit.ENV_TAKEOVER: TAKEOVERS,
+        fit.ENV_PROMPT_TOKENS: TOKENS,
+        fit.ENV_OUTPUT_TOKENS: TOKENS,
     }
     return {
         key: rng.choice(WRAPS).format(rng.choice(pool)) for key, pool in pools.items() if rng.random() < 0.5
@@ -49,6 +56,38 @@ def _env(rng: random.Random) -> dict[str, str]:
 
 def _size(rng: random.Random) -> int:
     return rng.choice([0, 1, 457 * MiB, rng.randrange(64 * GiB), rng.randrange(2**64), 2**64 - 1])
+
+
+def _facts(rng: random.Random) -> dict:
+    """Model facts: none, or a dense or MoE model of random size."""
+    if rng.random() < 0.2:
+        return {}
+    n_layer = rng.choice([1, 2, 32, 48, 80, 126])
+    layer = rng.randrange(1, 400 * GiB)
+    n_expert = rng.choice([0, 0, 8, 128])
+    return {
+        "weight_bytes": layer + rng.randrange(4 * GiB),
+        "layer_bytes": layer,
+        "expert_bytes": layer * rng.randrange(50, 98) // 100 if n_expert else 0,
+        "n_layer": n_layer,
+        "n_expert": n_expert,
+        "n_expert_used": rng.choice([1, 2, 8]) if n_expert else 0,
+        "params": rng.randrange(1, 2**40),
+        "expert_params": rng.randrange(2**39) if n_expert else 0,
+        "kv_bytes": rng.choice([0, rng.randrange(64 * GiB)]),
+        "weight_type": rng.choice(["q4_k", "q8_0", "f16"]),
+    }
+
+
+def _rates(rng: random.Random) -> dict:
+    return {k: rng.choice([v, round(rng.uniform(0.1, 2 * v), 3)]) for k, v in asdict(fit.Rates()).items()}
+
+
+def _fit_input(inp: dict) -> fit.FitInput:
+    gpus = tuple(fit.GPU(**g) for g in inp["gpus"])
+    facts = fit.ModelFacts(**inp.get("facts", {}))
+    rates = fit.Rates(**inp["rates"]) if "rates" in inp else fit.Rates()
+    return fit.FitInput(inp["model_bytes"], gpus, inp["num_gpu"], inp.get("ram_free_bytes", 0), facts, rates)
 
 
 def _cases(n: int, seed: int = 5) -> list[dict]:
@@ -60,7 +99,14 @@ def _cases(n: int, seed: int = 5) -> list[dict]:
             for _ in range(rng.choice([0, 1, 1, 2, 3]))
         ]
         case = {
-            "input": {"model_bytes": _size(rng), "gpus": gpus, "num_gpu": rng.choice([-1, -1, -1, 0, 7])},
+            "input": {
+                "model_bytes": _size(rng),
+                "gpus": gpus,
+                "num_gpu": rng.choice([-1, -1, -1, 0, 7]),
+                "ram_free_bytes": rng.choice([0, rng.randrange(512 * GiB), 2**64 - 1]),
+                "facts": _facts(rng),
+                "rates": _rates(rng),
+            },
             "env": _env(rng),
         }
         if rng.random() < 0.2:
@@ -93,16 +139,14 @@ def go_decisions(go: str, tmp_path: Path, cases: list[dict]) -> list[dict]:
 
 def python_decision(case: dict) -> dict:
     """The Python mirror's decision on one case, in the vectors' `want` form."""
-    inp = case["input"]
-    gpus = tuple(fit.GPU(**g) for g in inp["gpus"])
-    py = fit.decide(fit.FitInput(inp["model_bytes"], gpus, inp["num_gpu"]), case["env"])
-    py = py.with_runner_check(case.get("runner_error"))
+    py = fit.decide(_fit_input(case["input"]), case["env"]).with_runner_check(case.get("runner_error"))
     return {
         "airllm": py.airllm,
         "forced": py.forced,
         "runner": py.runner,
         "reason": py.reason,
         "warnings": list(py.warnings),
+        "n_cpu_moe": py.n_cpu_moe,
     }
 
 
@@ -114,7 +158,7 @@ def test_go_and_python_agree(tmp_path, tool):
 
 def test_go_and_python_both_give_each_vectors_answer(tmp_path, tool):
     """On every shared vector, Go and Python each give the answer written in the file."""
-    vectors = json.loads(VECTORS.read_text())["cases"]
+    vectors = json.loads(VECTORS.read_text())["cases"] + json.loads(PLAN_VECTORS.read_text())["decisions"]
     cases = [{k: v for k, v in c.items() if k != "want"} for c in vectors]
     for vector, go in zip(vectors, go_decisions(tool("go"), tmp_path, cases), strict=True):
         assert go == vector["want"], vector["name"]

@@ -21,13 +21,22 @@ def run_calibration(models_dir: Path, sizes: measure.Sizes) -> Calibration:
     import torch
 
     started = time.monotonic()
-    cpu_gemv, cpu_gemm = measure.quantized_rates(torch.device("cpu"), sizes, lambda: None)
+    cpu = torch.device("cpu")
+    cpu_gemv, cpu_gemm = measure.quantized_rates(cpu, sizes, lambda: None)
+    cpu_q8_gemv, cpu_q8_gemm = measure.quantized_rates(cpu, sizes, lambda: None, measure.Q8_0)
     rates: dict[str, Rate] = {
-        "host_memory_read": measure.host_memory_read(sizes, read_ram_bytes(Path("/proc"))),
+        "host_memory_read": measure.host_memory_read(sizes, read_ram_bytes(Path("/"))),
         "models_dir_read": measure.models_dir_read(models_dir, sizes),
         "cpu.q4_k_gemv": cpu_gemv,
         "cpu.q4_k_gemm": cpu_gemm,
+        "cpu.q8_0_gemv": cpu_q8_gemv,
+        "cpu.q8_0_gemm": cpu_q8_gemm,
+        "cpu.f32_gemm": measure.dense_gemm(cpu, sizes, torch.float32),
         **measure.gpu_rates(sizes),
+        **{
+            name: measure.DEFAULTS[name].model_copy(update={"why": "calibrate does not run llama-server"})
+            for name in measure.LLAMA_CPU_RATE_NAMES
+        },
     }
     host = Host(
         kernel=platform.release(),

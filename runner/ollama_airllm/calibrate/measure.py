@@ -19,16 +19,45 @@ from pathlib import Path
 import torch
 from gguf import GGMLQuantizationType
 
-from ..engine.dequant import dequantize, row_bytes
+from ..engine.dequant import backend_for, row_bytes
+from ..engine.linear import QWeight
+from ..engine.linear import linear as engine_linear
+from ..engine.weights import chunk_rows
 from .record import Rate
 
 MIB = 1 << 20
 GB = 1e9
 Q4_K = GGMLQuantizationType.Q4_K
+Q8_0 = GGMLQuantizationType.Q8_0
+GPU_RATE_NAMES = (
+    "host_to_device", "memory_read", "f16_gemm", "q4_k_gemv", "q4_k_gemm", "q8_0_gemv", "q8_0_gemm"
+)
+"""Rates measured per GPU (gpuN.NAME); without a GPU those with a default below are written as gpu.NAME."""
 CHUNK = 8 * MIB
 
-# Used when the rate cannot be measured here; each says where the number comes from.
+# Used when the rate cannot be measured here; each says where the number comes from. The planner
+# (ollama_airllm.fit.DEFAULT_RATES, airllmrunner.DefaultRates) uses the same numbers when calibration.json
+# lacks one; q8_0 rates fall back to the q4_k ones there.
 DEFAULTS = {
+    "host_memory_read": Rate(
+        value=50.0,
+        unit="GB/s",
+        measured=False,
+        how="default (estimate): dual-channel DDR5, 58-77 GB/s expected, 62.8 GB/s measured at 4400 MT/s",
+    ),
+    "memory_read": Rate(
+        value=800.0,
+        unit="GB/s",
+        measured=False,
+        how="default (estimate): about 80 % of the RX 7900 XTX's 960 GB/s VRAM bandwidth",
+    ),
+    "f16_gemm": Rate(
+        value=40.0,
+        unit="TFLOP/s",
+        measured=False,
+        how="default (estimate): a third of the RX 7900 XTX's 123 TFLOP/s fp16 peak, for llama.cpp's prompt "
+        "kernels",
+    ),
     "host_to_device": Rate(
         value=25.0,
         unit="GB/s",
@@ -40,15 +69,16 @@ DEFAULTS = {
         value=17.0,
         unit="GB/s",
         measured=False,
-        how="default (estimate): the RX 7900 XTX's 960 GB/s VRAM bandwidth over the ~57x memory traffic of "
-        "the engine's torch Q4_K dequantization per weight byte",
+        how="default (conservative estimate, not measured on a GPU): the RX 7900 XTX's 960 GB/s VRAM "
+        "bandwidth over the ~57x memory traffic of element-wise Q4_K dequantization; the engine's Triton "
+        "GEMV reads the blocks directly and should do better: run ollama-airllm calibrate",
     ),
     "q4_k_gemm": Rate(
         value=15.0,
         unit="TFLOP/s",
         measured=False,
-        how="default (estimate): a quarter of the RX 7900 XTX's 61 TFLOP/s fp32 peak, for the "
-        "dequantization in front of each GEMM",
+        how="default (conservative estimate, not measured on a GPU): a quarter of the RX 7900 XTX's "
+        "61 TFLOP/s fp32 peak, for the chunked dequantization in front of each GEMM",
     ),
     "models_dir_read": Rate(
         value=3.0,
@@ -56,7 +86,24 @@ DEFAULTS = {
         measured=False,
         how="default (estimate): an NVMe PCIe 3.0 x4 SSD's sequential read (about 3.5 GB/s rated)",
     ),
+    "cpu.llama_weight_read": Rate(
+        value=6.8,
+        unit="GB/s",
+        measured=False,
+        how="default, per llama-server thread: llama-server b11076 decoding a 529 MB Q8_0 Llama with -t 1 "
+        "-ngl 0 on a 2-core AVX-512 Xeon VM, 12.8-13.4 tok/s x 529 MB (bench/plan.py); the planner "
+        "multiplies it by llama-server's threads and takes the slower of it and host_memory_read",
+    ),
+    "cpu.llama_gemm": Rate(
+        value=0.07,
+        unit="TFLOP/s",
+        measured=False,
+        how="default, per llama-server thread: the same llama-server's prompt, 70 tok/s x 2 x 498 M "
+        "parameters on one thread (bench/plan.py); about two thirds of torch's fp32 matmul there",
+    ),
 }
+LLAMA_CPU_RATE_NAMES = ("cpu.llama_weight_read", "cpu.llama_gemm")
+"""llama.cpp's own CPU kernels: not measured by calibrate (it runs no llama-server), written as defaults."""
 
 
 @dataclass(frozen=True)
@@ -167,10 +214,14 @@ def _timed_read(directory: Path, size: int) -> float:
         Path(name).unlink(missing_ok=True)
 
 
-def _q4_k_weights(sizes: Sizes, device: torch.device) -> torch.Tensor:
-    """Random Q4_K blocks with sane fp16 scales (d = 2^-7, dmin = 2^-10), as raw bytes on `device`."""
-    raw = torch.randint(0, 256, (sizes.rows * sizes.cols // 256, 144), dtype=torch.uint8)
-    raw[:, 0:4] = torch.tensor([0x00, 0x20, 0x00, 0x14], dtype=torch.uint8)
+def _weights(qtype: GGMLQuantizationType, sizes: Sizes, device: torch.device) -> torch.Tensor:
+    """Random Q4_K or Q8_0 blocks, sane fp16 scales (d = 2^-7; Q4_K: dmin = 2^-10), raw bytes on `device`."""
+    if qtype == Q8_0:
+        raw = torch.randint(0, 256, (sizes.rows * sizes.cols // 32, 34), dtype=torch.uint8)
+        raw[:, 0:2] = torch.tensor([0x00, 0x20], dtype=torch.uint8)
+    else:
+        raw = torch.randint(0, 256, (sizes.rows * sizes.cols // 256, 144), dtype=torch.uint8)
+        raw[:, 0:4] = torch.tensor([0x00, 0x20, 0x00, 0x14], dtype=torch.uint8)
     return raw.reshape(-1).to(device)
 
 
@@ -180,27 +231,32 @@ def _dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def quantized_rates(device: torch.device, sizes: Sizes, sync: Callable[[], None]) -> tuple[Rate, Rate]:
-    """(GEMV, GEMM) of the engine's own path: dequantize the Q4_K bytes on the device, then F.linear."""
-    raw, dtype = _q4_k_weights(sizes, device), _dtype(device)
+def quantized_rates(
+    device: torch.device, sizes: Sizes, sync: Callable[[], None], qtype: GGMLQuantizationType = Q4_K
+) -> tuple[Rate, Rate]:
+    """(GEMV, GEMM) of the engine's own path: its linear() on a weight kept in `qtype` blocks (QWeight),
+    with the backend and the reused dequantization buffer the engine gives it on this device."""
+    raw, dtype = _weights(qtype, sizes, device), _dtype(device)
     shape = (sizes.rows, sizes.cols)
+    work = torch.empty(chunk_rows(device), sizes.cols, dtype=dtype, device=device)
+    weight = QWeight(raw.view(sizes.rows, -1), qtype, shape, work, backend_for(device))
 
     def linear(x: torch.Tensor) -> Callable[[], torch.Tensor]:
-        return lambda: torch.nn.functional.linear(x, dequantize(raw, Q4_K, shape, dtype))
+        return lambda: engine_linear(x, weight)
 
     one = torch.randn(1, sizes.cols, dtype=dtype, device=device)
     many = torch.randn(sizes.tokens, sizes.cols, dtype=dtype, device=device)
     gemv_s = best_seconds(linear(one), sizes, sync)
     gemm_s = best_seconds(linear(many), sizes, sync)
     what = (
-        f"{sizes.rows}x{sizes.cols} Q4_K ({row_bytes(Q4_K, sizes.cols) * sizes.rows // 1024} KiB), "
-        f"dequantize to {str(dtype).removeprefix('torch.')} + F.linear on {device}"
+        f"{sizes.rows}x{sizes.cols} {qtype.name} ({row_bytes(qtype, sizes.cols) * sizes.rows // 1024} KiB), "
+        f"the engine's linear() ({backend_for(device)}, {str(dtype).removeprefix('torch.')}) on {device}"
     )
     gemv = Rate(
         value=round(raw.numel() / gemv_s / GB, 3),
         unit="GB/s",
         measured=True,
-        how=f"{what}, 1 token; GB/s of Q4_K bytes",
+        how=f"{what}, 1 token; GB/s of {qtype.name} bytes",
     )
     flops = 2 * sizes.rows * sizes.cols * sizes.tokens
     gemm = Rate(
@@ -229,36 +285,68 @@ def host_to_device(index: int, sizes: Sizes) -> Rate:
 
 
 def gpu_rates(sizes: Sizes) -> dict[str, Rate]:
-    """Per visible GPU N: gpuN.host_to_device, gpuN.q4_k_gemv, gpuN.q4_k_gemm; defaults when there is none."""
+    """Per visible GPU N: gpuN.NAME for GPU_RATE_NAMES; the defaults (gpu.NAME) when there is none."""
     if not torch.cuda.is_available():
         backend = "ROCm" if torch.version.hip else "CUDA" if torch.version.cuda else "no GPU backend"
         why = f"no GPU: torch {torch.__version__} ({backend}) sees none"
-        return {
-            f"gpu.{k}": DEFAULTS[k].model_copy(update={"why": why})
-            for k in ("host_to_device", "q4_k_gemv", "q4_k_gemm")
-        }
+        return _defaults("gpu", why)
     rates = {}
     for index in range(torch.cuda.device_count()):
         rates.update(_one_gpu(index, sizes))
     return rates
 
 
+def _defaults(prefix: str, why: str) -> dict[str, Rate]:
+    return {
+        f"{prefix}.{k}": DEFAULTS[k].model_copy(update={"why": why}) for k in GPU_RATE_NAMES if k in DEFAULTS
+    }
+
+
+def gpu_memory_read(device: torch.device, sizes: Sizes) -> Rate:
+    """torch.sum over a float32 buffer in VRAM: what llama.cpp's decode kernels are bound by."""
+    buf = torch.ones(sizes.transfer // 4, dtype=torch.float32, device=device)
+    seconds = best_seconds(buf.sum, sizes, lambda: torch.cuda.synchronize(device))
+    return Rate(
+        value=round(buf.numel() * 4 / seconds / GB, 2),
+        unit="GB/s",
+        measured=True,
+        how=f"torch.sum over a {sizes.transfer // MIB} MiB float32 buffer on {device}, best of {sizes.reps}",
+    )
+
+
+def dense_gemm(device: torch.device, sizes: Sizes, dtype: torch.dtype = torch.float16) -> Rate:
+    """A plain matmul of tokens x cols by cols x rows: a proxy for llama.cpp's prompt kernels."""
+    a = torch.randn(sizes.tokens, sizes.cols, dtype=dtype, device=device)
+    b = torch.randn(sizes.cols, sizes.rows, dtype=dtype, device=device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    seconds = best_seconds(lambda: a @ b, sizes, sync)
+    return Rate(
+        value=round(2 * sizes.rows * sizes.cols * sizes.tokens / seconds / 1e12, 4),
+        unit="TFLOP/s",
+        measured=True,
+        how=f"{str(dtype).removeprefix('torch.')} {sizes.tokens}x{sizes.cols} @ {sizes.cols}x{sizes.rows} on "
+        f"{device}",
+    )
+
+
 def _one_gpu(index: int, sizes: Sizes) -> dict[str, Rate]:
-    """GPU `index`'s three rates; a failure there (out of memory, no pinned memory) gives the defaults."""
+    """GPU `index`'s rates; a failure there (out of memory, no pinned memory) gives the defaults."""
     device = torch.device("cuda", index)
+    sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
     try:
-        h2d = host_to_device(index, sizes)
-        gemv, gemm = quantized_rates(device, sizes, lambda: torch.cuda.synchronize(device))
+        rates = {
+            "host_to_device": host_to_device(index, sizes),
+            "memory_read": gpu_memory_read(device, sizes),
+            "f16_gemm": dense_gemm(device, sizes),
+        }
+        rates["q4_k_gemv"], rates["q4_k_gemm"] = quantized_rates(device, sizes, sync)
+        rates["q8_0_gemv"], rates["q8_0_gemm"] = quantized_rates(device, sizes, sync, Q8_0)
     except RuntimeError as exc:  # torch.OutOfMemoryError is one
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        why = f"measuring on {device} failed: {first}"
-        return {
-            f"gpu{index}.{k}": DEFAULTS[k].model_copy(update={"why": why})
-            for k in ("host_to_device", "q4_k_gemv", "q4_k_gemm")
-        }
+        return _defaults(f"gpu{index}", f"measuring on {device} failed: {first}")
     finally:
         torch.cuda.empty_cache()
-    return {f"gpu{index}.host_to_device": h2d, f"gpu{index}.q4_k_gemv": gemv, f"gpu{index}.q4_k_gemm": gemm}
+    return {f"gpu{index}.{k}": v for k, v in rates.items()}
 
 
 def devices() -> list[str]:

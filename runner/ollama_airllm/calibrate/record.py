@@ -10,9 +10,14 @@
                "gpu0.host_to_device": {...}, "gpu.q4_k_gemv": {"value": 17.0, "measured": false,
                                        "why": "no GPU ...", "how": "default: ..."}, ...}}
 
-Rate names: `host_memory_read`, `models_dir_read`, `cpu.q4_k_gemv`, `cpu.q4_k_gemm`, and per GPU N
-`gpuN.host_to_device`, `gpuN.q4_k_gemv`, `gpuN.q4_k_gemm`; `gpu.*` (no index) are the defaults written when no
-GPU could be measured. GB/s is 1e9 bytes/s; GEMV rates count Q4_K weight bytes, GEMM rates TFLOP/s.
+Rate names: `host_memory_read`, `models_dir_read`, `cpu.q4_k_gemv`, `cpu.q4_k_gemm`, `cpu.q8_0_gemv`,
+`cpu.q8_0_gemm`, `cpu.f32_gemm` (plain matmul; all these cpu.* are the engine's own CPU path),
+`cpu.llama_weight_read` and `cpu.llama_gemm` (llama.cpp's CPU kernels per thread: always the documented
+defaults, as calibrate runs no llama-server; edit them to override), and per GPU N `gpuN.host_to_device`,
+`gpuN.memory_read` (VRAM), `gpuN.f16_gemm`, `gpuN.q4_k_gemv`, `gpuN.q4_k_gemm`, `gpuN.q8_0_gemv`,
+`gpuN.q8_0_gemm`; `gpu.*` (no index) are the defaults written when no GPU could be measured. GB/s is
+1e9 bytes/s; GEMV rates count quantized weight bytes, GEMM rates TFLOP/s. The planner (ollama_airllm.fit,
+airllmrunner in Ollama) reads them.
 """
 
 from __future__ import annotations

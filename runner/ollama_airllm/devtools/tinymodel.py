@@ -84,8 +84,6 @@ def make_hf_model(
     llama3_rope: Llama 3.1-style rope scaling, e.g. {"factor": 8.0, "low_freq_factor": 1.0,
     "high_freq_factor": 4.0, "original_max_position_embeddings": 64}; the GGUF then gets rope_freqs.weight.
     """
-    import torch
-    import transformers
 
     if arch not in ARCHS:
         raise ValueError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
@@ -113,18 +111,37 @@ def make_hf_model(
         dtype=dtype,
     )
     cfg.architectures = [HF_CLASS[arch]]
+    return save_random_model(cfg, tok, out, seed, _init, dtype)
+
+
+def _init(name: str, p):
+    """Norm weights away from 1 and biases away from 0, so a wrong norm/bias path shows in the logits."""
+    import torch
+
+    if name.endswith("norm.weight"):
+        return 1.0 + 0.1 * torch.randn_like(p)
+    if name.endswith(".bias"):
+        return 0.05 * torch.randn_like(p)
+    return None
+
+
+def save_random_model(cfg, tok, out: Path, seed: int, init, dtype: str = "float32") -> Path:
+    """transformers' model of `cfg` with seeded random weights, saved with `tok` to `out` (safetensors).
+
+    init(name, parameter) gives a parameter's new values, or None to keep transformers' initialisation.
+    """
+    import torch
+    import transformers
+
     torch.manual_seed(seed)
     transformers.utils.logging.disable_progress_bar()
     model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            # Norm weights away from 1 and biases away from 0, so a wrong norm/bias path shows in the logits.
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.05 * torch.randn_like(p))
-    model = model.to(getattr(torch, dtype))
-    model.save_pretrained(out, safe_serialization=True)
+            values = init(name, p)
+            if values is not None:
+                p.copy_(values)
+    model.to(getattr(torch, dtype)).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
 

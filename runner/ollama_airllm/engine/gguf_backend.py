@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from .budget import choose_resident, needs, resident_cost, weight_budget
 from .config import EngineConfig, device_free_bytes
+from .experts import build_expert_store
 from .gguf_file import GGUFModel, open_gguf
 from .model import KVCache, Transformer
 from .tokenizer import Tokenizer, from_gguf_metadata
 from .types import EngineInfo, build_info
-from .weights import Unit, WeightStore, build_units
-
-
-def choose_resident(units: list[Unit], config: EngineConfig, budget: int, cost: Callable) -> set[int]:
-    """Resident units: as forced by config, else the head first, then layers in order, within budget."""
-    n_layer = len(units) - 1
-    head = n_layer
-    forced = config.resident_layers
-    if forced is None and config.resident_fraction is not None:
-        forced = round(config.resident_fraction * n_layer)
-    if forced is not None:
-        forced = max(0, min(int(forced), n_layer))
-        return set(range(forced)) | ({head} if forced > 0 else set())
-    chosen: set[int] = set()
-    for u in [units[head], *units[:n_layer]]:
-        c = cost(u)
-        if c <= budget:
-            chosen.add(u.index)
-            budget -= c
-        elif u.index == head:
-            continue
-        else:
-            break
-    return chosen
+from .weights import WeightStore, build_units, is_expert_tensor
 
 
 def load_gguf(path: Path, config: EngineConfig, device: torch.device, dtype: torch.dtype):
@@ -45,21 +23,23 @@ def load_gguf(path: Path, config: EngineConfig, device: torch.device, dtype: tor
     n_ctx = config.context_for(model.spec.n_ctx_train)
     kv_bytes = KVCache.bytes_for(model.spec, n_ctx, dtype) * config.n_slots
     units = build_units(model, dtype)
-    cuda = device.type == "cuda"
-    biggest_raw = max(u.raw_bytes for u in units)
-    biggest_dense = max(u.dense_bytes for u in units)
-    staging = 2 * biggest_raw + biggest_dense if cuda else 2 * biggest_dense
+    expert_layers = [sum(r.nbytes for k, r in refs.items() if is_expert_tensor(k)) for refs in model.layers]
+    need = needs(model.spec, units, config, n_ctx, device, dtype, kv_bytes, expert_layers)
     if config.memory_budget is not None:
         budget = int(config.memory_budget)
     else:
-        budget = device_free_bytes(device) - config.reserve - kv_bytes - staging
-    resident = choose_resident(
-        units, config, max(budget, 0), lambda u: u.raw_bytes if cuda else u.dense_bytes
-    )
+        budget = weight_budget(device_free_bytes(device), config, units, need, resident_cost(device))
+    resident = choose_resident(units, config, max(budget, 0), resident_cost(device))
     store = WeightStore(model, device, dtype, resident)
-    transformer = Transformer(model.spec, store, n_ctx, config.n_batch)
+    left = max(budget, 0) - sum(resident_cost(device)(units[i]) for i in resident)  # the experts' share
+    experts = build_expert_store(model, resident, left, device, dtype)  # None for a dense model
+    transformer = Transformer(model.spec, store, n_ctx, config.n_batch, experts)
     backend = GGUFBackend(model, store, transformer, tokenizer, device, dtype)
     info = _info(model, store, tokenizer, config, device, dtype, n_ctx=n_ctx, kv_bytes=kv_bytes)
+    info.compute_bytes = need.compute
+    if experts is not None:
+        info.experts = experts.stats
+        info.resident_bytes += experts.resident_bytes()
     return backend, info
 
 
@@ -131,3 +111,5 @@ class GGUFBackend:
 
     def close(self) -> None:
         self.store.close()
+        if self.transformer.experts is not None:
+            self.transformer.experts.close()

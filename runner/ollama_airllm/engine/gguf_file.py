@@ -15,10 +15,13 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 from gguf import GGUFValueType as T
 
 from ..errors import UserError
+from . import archs
+from . import rope as rotary
 from .dequant import SUPPORTED
 from .gguf_scan import scan
+from .moe import ARCH_DEFAULTS, MoeSpec
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "qwen3moe", *archs.ARCHS)
 
 
 class ModelFileError(UserError):
@@ -65,6 +68,9 @@ class ModelSpec:
     rope_linear_factor: float = 1.0  # rope.scaling.type == "linear": positions are divided by this
     file_type: int | None = None
     chat_template: str | None = None
+    moe: MoeSpec | None = None  # mixture-of-experts layers (ffn_gate_inp + ffn_*_exps), else None
+    rope: rotary.Rope | None = None  # the model-wide rope (rope_theta + scaling); None: rope_theta plain
+    layout: archs.Layout | None = None  # gemma3 / gpt-oss: per-layer windows and ropes, caps, scales
 
 
 @dataclass
@@ -290,7 +296,7 @@ def _spec(path, meta: _Meta, tensors: dict[str, TensorRef]) -> ModelSpec:
         raise ModelFileError(
             path,
             f"architecture {arch!r} is not supported (supported: "
-            f"{', '.join(SUPPORTED_ARCHS)}; Mistral models use 'llama')",
+            f"{', '.join(SUPPORTED_ARCHS)}; Mistral and Mixtral models use 'llama')",
         )
     if "token_embd.weight" not in tensors:
         raise ModelFileError(path, "tensor 'token_embd.weight' is missing")
@@ -302,28 +308,54 @@ def _spec(path, meta: _Meta, tensors: dict[str, TensorRef]) -> ModelSpec:
             f"partial rotary embedding (rope.dimension_count={rope_dim}, "
             f"head dim {head_dim}) is not supported",
         )
-    scaling = meta.string(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", "linear"):
-        raise ModelFileError(path, f"rope scaling {scaling!r} is not supported (supported: none, linear)")
-    linear = meta.number(f"{arch}.rope.scaling.factor", 1.0) if scaling == "linear" else 1.0
+    rope = rotary.from_metadata(meta, arch, lambda problem: _raise(path, problem))
+    n_layer = meta.integer(f"{arch}.block_count")
     return ModelSpec(
         arch=arch,
         name=meta.string("general.name", path.name),
         n_vocab=tensors["token_embd.weight"].shape[0],
         n_ctx_train=meta.integer(f"{arch}.context_length", hi=MAX_CONTEXT),
         n_embd=n_embd,
-        n_layer=meta.integer(f"{arch}.block_count"),
+        n_layer=n_layer,
         n_ff=meta.integer(f"{arch}.feed_forward_length"),
         n_head=n_head,
         n_head_kv=n_head_kv,
         head_dim=head_dim,
-        rope_theta=meta.number(f"{arch}.rope.freq_base", 10000.0),
+        rope_theta=rope.theta,
         rms_eps=meta.number(f"{arch}.attention.layer_norm_rms_epsilon"),
         rope_permuted=arch == "llama",
-        rope_linear_factor=linear,
+        rope_linear_factor=rope.linear,
         file_type=meta.integer("general.file_type", None, lo=0),
         chat_template=meta.string("tokenizer.chat_template", None),
+        moe=_moe_spec(path, meta, arch),
+        rope=rope,
+        layout=archs.layout(meta, arch, n_layer, n_embd, n_head, head_dim, rope),
     )
+
+
+def _moe_spec(path, meta: _Meta, arch: str) -> MoeSpec | None:
+    """The expert layers' shape and gating from {arch}.expert_*; None for a dense model."""
+    n_expert = meta.integer(f"{arch}.expert_count", 0, lo=0)
+    if n_expert == 0:
+        if arch == "qwen3moe":
+            raise ModelFileError(path, f"metadata key '{arch}.expert_count' is missing")
+        return None
+    defaults = ARCH_DEFAULTS.get(arch, ARCH_DEFAULTS["llama"])
+    # llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE: 1 softmax, 2 sigmoid (softmax-gated archs only say 1)
+    if defaults["gating"] == "softmax" and meta.integer(f"{arch}.expert_gating_func", 1, lo=0) != 1:
+        meta.bad(f"{arch}.expert_gating_func", "1 (softmax; sigmoid gating is not supported)")
+    norm = meta.flag(f"{arch}.expert_weights_norm")
+    n_ff = meta.integer(f"{arch}.feed_forward_length")
+    return MoeSpec(
+        n_expert=n_expert,
+        n_used=meta.integer(f"{arch}.expert_used_count", hi=n_expert),
+        n_ff=meta.integer(f"{arch}.expert_feed_forward_length", n_ff),
+        **{**defaults, **({} if norm is None else {"norm_topk": norm})},
+    )
+
+
+def _raise(path, problem: str):
+    raise ModelFileError(path, problem)
 
 
 def _attention_shape(path, meta: _Meta, arch: str) -> tuple[int, int, int, int]:
@@ -397,17 +429,45 @@ _OPTIONAL = {
     "attn_q_norm.weight": lambda s: (s.head_dim,),
     "attn_k_norm.weight": lambda s: (s.head_dim,),
 }
+_DENSE_FFN = ("ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
+# MoE layers (numpy order, as convert_hf_to_gguf writes them): a router and 3-D stacks of expert weights.
+_MOE_TENSORS = {
+    "ffn_gate_inp.weight": lambda s: (s.moe.n_expert, s.n_embd),
+    "ffn_gate_exps.weight": lambda s: (s.moe.n_expert, s.moe.n_ff, s.n_embd),
+    "ffn_up_exps.weight": lambda s: (s.moe.n_expert, s.moe.n_ff, s.n_embd),
+    "ffn_down_exps.weight": lambda s: (s.moe.n_expert, s.n_embd, s.moe.n_ff),
+}
+_MOE_OPTIONAL = {  # gpt-oss: router and expert biases
+    "ffn_gate_inp.bias": lambda s: (s.moe.n_expert,),
+    "ffn_gate_exps.bias": lambda s: (s.moe.n_expert, s.moe.n_ff),
+    "ffn_up_exps.bias": lambda s: (s.moe.n_expert, s.moe.n_ff),
+    "ffn_down_exps.bias": lambda s: (s.moe.n_expert, s.n_embd),
+}
+
+
+def _layer_tables(spec: ModelSpec, layer: dict[str, TensorRef]) -> tuple[dict, dict]:
+    """(required, allowed) tensor shape tables of one layer: a MoE layer has no dense FFN."""
+    if spec.moe is None or "ffn_gate.weight" in layer:
+        return _LAYER_TENSORS, _LAYER_TENSORS | _OPTIONAL
+    required = {k: v for k, v in _LAYER_TENSORS.items() if k not in _DENSE_FFN} | _MOE_TENSORS
+    return required, required | _OPTIONAL | _MOE_OPTIONAL
 
 
 def _check_tensors(path, spec: ModelSpec, layers: list[dict[str, TensorRef]], globals_: dict) -> None:
     for i, layer in enumerate(layers):
-        for name in _LAYER_TENSORS:
+        if spec.moe is None and "ffn_gate_inp.weight" in layer:
+            raise ModelFileError(
+                path, f"tensor 'blk.{i}.ffn_gate_inp.weight' is an expert router, but metadata key "
+                f"'{spec.arch}.expert_count' is missing",
+            )
+        required, allowed = archs.tensor_tables(spec, layer, *_layer_tables(spec, layer))
+        for name in required:
             if name not in layer:
                 raise ModelFileError(path, f"tensor 'blk.{i}.{name}' is missing")
         if ("attn_q_norm.weight" in layer) != ("attn_k_norm.weight" in layer):
             raise ModelFileError(path, f"block {i} has only one of attn_q_norm.weight and attn_k_norm.weight")
         for name, ref in layer.items():
-            want = (_LAYER_TENSORS | _OPTIONAL).get(name)
+            want = allowed.get(name)
             if want is None:
                 raise ModelFileError(path, f"tensor 'blk.{i}.{name}' is not supported for {spec.arch}")
             if ref.shape != want(spec):

@@ -18,6 +18,8 @@ class QWeight:
     raw: torch.Tensor
     qtype: GGMLQuantizationType
     shape: tuple[int, int]  # (rows, cols), numpy order
+    work: torch.Tensor | None = None  # prefill's reused dequantization buffer [chunk_rows, cols]
+    backend: str | None = None  # kernels backend: "triton" | "numpy" (None: the device's default)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor | QWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -26,5 +28,6 @@ def linear(x: torch.Tensor, w: torch.Tensor | QWeight, bias: torch.Tensor | None
         return F.linear(x, w, bias)
     rows, k = w.shape
     flat = x.reshape(-1, k)
-    y = kernels.matmul(flat, w.raw, GGMLQuantizationType(w.qtype).name, k).reshape(*x.shape[:-1], rows)
+    y = kernels.matmul(flat, w.raw, GGMLQuantizationType(w.qtype).name, k, work=w.work, backend=w.backend)
+    y = y.reshape(*x.shape[:-1], rows)
     return y if bias is None else y + bias.to(y.dtype)

@@ -1,5 +1,7 @@
 """The llama-family forward pass (llama, mistral, qwen2, qwen3) over streamed weights (torch.nn.functional).
 
+Gemma 3 and gpt-oss layers (sliding windows, sinks, per-layer rope, soft-caps) are in archs.py.
+
 The same matmuls as transformers' modeling code: RMSNorm in float32, rotate-half RoPE, SDPA attention with
 grouped KV heads, SwiGLU MLP. GGUF's Q/K rotary permutation (llama) is undone on the projected activations
 (q/k rows are permuted, so the output columns come out interleaved; one reshape-transpose per head
@@ -10,15 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from . import archs
+from . import rope as rotary
 from .gguf_file import ModelSpec
 from .linear import linear
+from .moe import moe_ffn
 from .types import Cancelled, kv_cache_bytes
 from .weights import WeightStore
+
+if TYPE_CHECKING:
+    from .experts import ExpertStore
 
 
 @dataclass
@@ -60,22 +69,25 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class Transformer:
     """Runs the layers of one model over a WeightStore."""
 
-    def __init__(self, spec: ModelSpec, store: WeightStore, max_ctx: int, n_batch: int) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        store: WeightStore,
+        max_ctx: int,
+        n_batch: int,
+        experts: ExpertStore | None = None,
+    ) -> None:
         self.spec = spec
         self.store = store
         self.n_batch = n_batch
+        self.experts = experts  # MoE models: the routed experts' weights
         dev, dt = store.device, store.dtype
-        hd = spec.head_dim
-        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
-        inv_freq = inv_freq / spec.rope_linear_factor
-        if (
-            store.rope_freqs is not None
-        ):  # Llama 3.1+: per-dimension frequency factors (llama.cpp freq_factors)
-            inv_freq = inv_freq / store.rope_freqs
-        freqs = torch.arange(max_ctx, dtype=torch.float32)[:, None] * inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos = emb.cos().to(dev, dt)
-        self.sin = emb.sin().to(dev, dt)
+        ropes = [spec.rope or rotary.Rope(spec.rope_theta, spec.rope_linear_factor)] * spec.n_layer
+        if spec.layout is not None:  # gemma3 / gpt-oss: a rope per layer (equal ones share a table)
+            ropes = [a.rope for a in spec.layout.layers]
+        made = {r: rotary.tables(r, spec.head_dim, max_ctx, dev, dt, store.rope_freqs) for r in set(ropes)}
+        self.layer_rope = [made[r] for r in ropes]
+        self.cos, self.sin = self.layer_rope[0]
 
     def forward(
         self,
@@ -96,6 +108,8 @@ class Transformer:
             cache = KVCache.allocate(spec, start + len(tokens), store.device, store.dtype)
         with torch.inference_mode():
             x = store.embed(tokens)
+            if spec.layout is not None and spec.layout.embed_scale is not None:  # gemma3, compute dtype
+                x = x * torch.tensor(spec.layout.embed_scale, dtype=x.dtype)
             for i in range(spec.n_layer):
                 if should_stop is not None and should_stop():
                     raise Cancelled
@@ -121,8 +135,15 @@ class Transformer:
                 del w
                 store.done(head)
 
+    def rotate(self, i: int, pos: int, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q [T, n_head, hd] and k [T, n_head_kv, hd] rotated by layer i's rope at positions pos.."""
+        cos, sin = self.layer_rope[i]
+        cos, sin = cos[pos : pos + q.shape[0], None, :], sin[pos : pos + q.shape[0], None, :]
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
     def _head(self, w: dict[str, torch.Tensor], x: torch.Tensor, want: str) -> torch.Tensor:
-        h = rms_norm(x, w["output_norm.weight"], self.spec.rms_eps)
+        norm = archs.gemma_norm if self.spec.arch == "gemma3" else rms_norm
+        h = norm(x, w["output_norm.weight"], self.spec.rms_eps)
         if want == "hidden":
             return h.float()
         out = torch.cat(
@@ -131,12 +152,15 @@ class Transformer:
                 for a in range(0, h.shape[0], self.n_batch)
             ]
         )
+        out = archs.head_logits(self, out)
         return out[0] if want == "last" else out
 
     def _layer(
         self, w: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache, i: int, pos: int
     ) -> torch.Tensor:
         """One repeating layer: x + attention(norm(x)), then + ffn(norm(x))."""
+        if self.spec.layout is not None:  # gemma3 / gpt-oss
+            return archs.layer(self, w, x, cache, i, pos)
         eps = self.spec.rms_eps
         x = x + self._attention(w, rms_norm(x, w["attn_norm.weight"], eps), cache, i, pos)
         return x + self._ffn(w, rms_norm(x, w["ffn_norm.weight"], eps), i)
@@ -176,7 +200,9 @@ class Transformer:
         return linear(o, w["attn_output.weight"])
 
     def _ffn(self, w: dict[str, torch.Tensor], h: torch.Tensor, i: int) -> torch.Tensor:
-        """The SwiGLU MLP of layer i on the normed hidden states h."""
+        """The SwiGLU MLP of layer i on the normed hidden states h (MoE layers: the routed experts')."""
+        if "ffn_gate_inp.weight" in w:
+            return moe_ffn(w, h, i, self.spec.moe, self.experts)
         return linear(
             F.silu(linear(h, w["ffn_gate.weight"])) * linear(h, w["ffn_up.weight"]), w["ffn_down.weight"]
         )

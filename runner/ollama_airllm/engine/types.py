@@ -41,6 +41,43 @@ class Constraint(Protocol):
 
 
 @dataclass
+class ExpertStats:
+    """A MoE model's expert residency and traffic; the ExpertStore updates the counters as it runs."""
+
+    n_expert: int  # experts per MoE layer
+    n_used: int  # experts per token
+    n_moe_layers: int
+    expert_bytes: int  # raw bytes of one expert (gate + up + down) of a layer
+    resident_experts: int  # experts kept on the device for good
+    cache_bytes: int  # capacity of the device LRU cache of streamed experts (0: none)
+    fetch_all: bool = False  # airllm-style: every expert of a streamed layer is read each pass
+    tokens: int = 0  # tokens routed (counted once per forward pass, at the first MoE layer)
+    touched: int = 0  # (layer, expert) uses
+    hits: int = 0  # uses served by a resident or cached expert
+    bytes_read: int = 0  # expert bytes read from the mapped file
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.touched if self.touched else 0.0
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.bytes_read / self.tokens if self.tokens else 0.0
+
+    def as_json(self) -> dict:
+        """The numbers /props' engine object reports."""
+        return {
+            "n_expert": self.n_expert,
+            "n_expert_used": self.n_used,
+            "resident_experts": self.resident_experts,
+            "cache_bytes": self.cache_bytes,
+            "tokens": self.tokens,
+            "bytes_read_per_token": round(self.bytes_per_token),
+            "cache_hit_rate": round(self.hit_rate, 4),
+        }
+
+
+@dataclass
 class EngineInfo:
     """What was loaded and where it lives; enough for llama.cpp-style log lines."""
 
@@ -74,6 +111,8 @@ class EngineInfo:
     bos_id: int | None = None
     eos_id: int | None = None
     eog_ids: tuple[int, ...] = ()
+    experts: ExpertStats | None = None  # MoE models only (live counters)
+    compute_bytes: int = 0  # work buffers + activations (llama.cpp's compute buffer)
 
 
 def build_info(

@@ -1,32 +1,61 @@
 """Where each layer's weights live: resident on the device, or streamed from the mapped file per use.
 
 Units are the repeating layers 0..n_layer-1 plus the output head (output_norm + output) as unit n_layer.
-The token embedding always stays in the mapped file; only the rows a batch needs are dequantized.
+The token embedding always stays in the mapped file; only the rows a batch needs are dequantized. Norm
+weights and biases (1-D, tiny) of every unit are kept dense on the device from the start.
+
+Matrices are handed out as dense tensors or as `QWeight`s (still in their GGUF blocks, multiplied by the
+kernels package: a GEMV on the blocks for a few tokens, chunked dequantization into one reused work buffer
+and a GEMM for more).
 
 CPU: resident units are dequantized once (F32 is copied, like a model loaded into RAM); streamed units
-use the mapped bytes in place (F32 zero-copy; other types are dequantized per use) and the next unit is
-read ahead with madvise(WILLNEED).
+use the mapped bytes in place: F32 as a zero-copy dense view, every other type as a QWeight over the
+mapped blocks (numpy dequantization of a chunk of rows at a time into the work buffer: bounded memory).
+The next unit is read ahead with madvise(WILLNEED).
 
-CUDA/HIP: resident units keep their raw (quantized) bytes on the device and are dequantized per use;
-streamed units go mmap -> pinned staging buffer (a worker thread) -> device staging buffer (async copy on
-a dedicated stream, event-ordered) -> dequantized on the compute stream. Two staging slots double-buffer:
-unit i+1 is copied while unit i computes, and the first streamed unit of the next pass is prefetched
-while the head of this one runs.
+CUDA/HIP (staged): resident units keep their raw blocks on the device as QWeights (F32/F16/BF16 matrices
+are converted to the compute dtype once); streamed units go mmap -> pinned staging buffer (a worker
+thread) -> device staging buffer (async copy on a dedicated stream, event-ordered) and are QWeight views
+into that buffer. Two staging slots double-buffer: unit i+1 is copied while unit i computes, and the first
+streamed unit of the next pass is prefetched while the head of this one runs. A failed fill is retried
+once, then the request fails with WeightReadError; close() waits for every copy in flight.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import torch
 
-from .dequant import dequantize, row_bytes
+from .. import kernels
+from .dequant import FLOAT_VIEWS, backend_for, dequantize, row_bytes
 from .gguf_file import GGUFModel, TensorRef
+from .linear import QWeight
 
 READAHEAD_INTERVAL = 1.0  # seconds between page-cache read-ahead hints for the same unit (CPU)
+ALIGN = 256  # byte alignment of each tensor inside a staging slot
+
+
+class WeightReadError(RuntimeError):
+    """A streamed unit's bytes could not be brought to the device, even on a second try."""
+
+
+def chunk_rows(device: torch.device) -> int:
+    """Rows dequantized at a time by prefill (and by every CPU use of a QWeight)."""
+    return 256 if device.type == "cpu" else 1024
+
+
+def max_cols(units: list[Unit]) -> int:
+    """The widest matrix's column count (k of its matmul)."""
+    return max((r.shape[1] for u in units for r in u.refs.values() if len(r.shape) == 2), default=0)
+
+
+def work_buffer_bytes(units: list[Unit], device: torch.device) -> int:
+    """Bytes of the reused dequantization buffer: chunk_rows x the widest matrix x the work dtype."""
+    return chunk_rows(device) * max_cols(units) * (4 if device.type == "cpu" else 2)
 
 
 @dataclass
@@ -60,6 +89,10 @@ def build_units(model: GGUFModel, dtype: torch.dtype) -> list[Unit]:
     return units
 
 
+def _is_matrix(r: TensorRef) -> bool:
+    return len(r.shape) == 2
+
+
 @dataclass
 class _StagingSlot:
     """One CUDA staging slot: pinned host bytes + device bytes + the events that order their reuse."""
@@ -71,10 +104,11 @@ class _StagingSlot:
     unit: int = -1
     future: Future | None = None
     layout: dict[str, tuple[int, int]] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor | QWeight] = field(default_factory=dict)
 
 
 class WeightStore:
-    """Hands out each unit's weights as compute-ready tensors and keeps the streaming pipeline going."""
+    """Hands out each unit's weights, ready to compute with, and keeps the streaming pipeline going."""
 
     def __init__(
         self,
@@ -92,39 +126,50 @@ class WeightStore:
         self.units = build_units(model, dtype)
         self.resident = set(resident)
         self.streamed = [u.index for u in self.units if u.index not in self.resident]
-        self.streamed_bytes = 0  # bytes read from the file for streamed units since load
-        self._resident: dict[int, dict[str, torch.Tensor]] = {}
+        self.streamed_bytes = 0  # bytes copied (staged) or read in place (CPU) for streamed units
         self._advised: dict[int, float] = {}  # unit -> time of its last read-ahead hint
         self._staged = device.type == "cuda" if staged is None else staged
+        self._backend = backend_for(device)
+        self._chunk = chunk_rows(device)
+        self._work = kernels.work_buffer(self._chunk, max_cols(self.units), device).reshape(-1)
         ff = model.globals.get("rope_freqs.weight")
         self.rope_freqs = None if ff is None else dequantize(model.raw(ff), ff.qtype, ff.shape).clone()
         emb = model.globals["token_embd.weight"]
         self._emb = emb
         self._emb_rows = model.raw(emb).view(emb.shape[0], row_bytes(emb.qtype, emb.shape[1]))
+        self._small = [self._load_small(u) for u in self.units]
         if self._staged:
             self._copy_stream = torch.cuda.Stream(device)
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="oar-prefetch")
-            size = max(
-                (self.units[i].raw_bytes + 256 * len(self.units[i].refs) for i in self.streamed), default=0
-            )
-            self._staging = [self._new_slot(size) for _ in range(2)] if self.streamed else []
+            self._staging = [self._new_slot(self._slot_size()) for _ in range(2)] if self.streamed else []
             self._current: int | None = None  # the streamed unit being computed: never refill its slot
             self._lock = threading.Lock()
-        for i in sorted(self.resident):
-            self._resident[i] = self._load_resident(self.units[i])
+        # every unit's hand-out dict is built once: get() does no per-use work but the staging
+        self._ready: dict[int, dict[str, torch.Tensor | QWeight]] = {
+            i: self._load_resident(self.units[i]) for i in sorted(self.resident)
+        }
+        if not self._staged:
+            self._ready.update({i: self._mapped(self.units[i]) for i in self.streamed})
 
     # --- sizes -------------------------------------------------------------------------------------------
 
     def resident_bytes(self) -> int:
         total = 0
-        for t in self._resident.values():
-            total += sum(x.numel() * x.element_size() for x in t.values() if not self.model.is_file_view(x))
+        for i in self.resident:
+            for x in self._ready[i].values():
+                t = x.raw if isinstance(x, QWeight) else x
+                if not self.model.is_file_view(t):
+                    total += t.numel() * t.element_size()
         return total
 
     def staging_bytes(self) -> int:
         if self._staged:
             return sum(s.dev.numel() for s in self._staging)
         return 0
+
+    def work_bytes(self) -> int:
+        """The reused dequantization buffer's bytes."""
+        return self._work.numel() * self._work.element_size()
 
     def next_streamed(self, unit: int) -> int | None:
         """The streamed unit used after `unit` (wrapping to the next pass), or None if nothing streams."""
@@ -145,35 +190,28 @@ class WeightStore:
             rows = rows.to(self.device, non_blocking=False)
         return dequantize(rows, self._emb.qtype, (len(ids), self._emb.shape[1]), self.dtype)
 
-    def get(self, unit: int) -> dict[str, torch.Tensor]:
-        """Compute-ready weights of `unit`; call done(unit) after the last kernel that uses them is queued."""
-        if unit in self._resident:
-            w = self._resident[unit]
-            if self._staged:
-                return {k: self._dense(v, self.units[unit].refs[k]) for k, v in w.items()}
-            return w
-        u = self.units[unit]
-        self.streamed_bytes += u.raw_bytes
+    def get(self, unit: int) -> dict[str, torch.Tensor | QWeight]:
+        """Weights of `unit`; call done(unit) after the last kernel that uses them is queued."""
+        if unit in self.resident:
+            return self._ready[unit]
         if not self._staged:
-            return {k: dequantize(self.model.raw(r), r.qtype, r.shape, self.dtype) for k, r in u.refs.items()}
+            self.streamed_bytes += self.units[unit].raw_bytes  # read from the mapped file by this use
+            return self._ready[unit]
         slot = self._slot_for(unit)
         self._current = unit
-        slot.future.result()
+        self._wait_filled(slot, unit)
         torch.cuda.current_stream(self.device).wait_event(slot.ready)
-        return {
-            k: dequantize(slot.dev[a:b], u.refs[k].qtype, u.refs[k].shape, self.dtype)
-            for k, (a, b) in slot.layout.items()
-        }
+        return slot.weights
 
     def done(self, unit: int) -> None:
-        if self._staged and unit not in self._resident:
+        if self._staged and unit not in self.resident:
             for s in self._staging:
                 if s.unit == unit:
                     s.free.record(torch.cuda.current_stream(self.device))
 
     def prefetch(self, unit: int | None) -> None:
         """Start bringing `unit` closer to the device (CPU: page-cache read-ahead; CUDA: staging copy)."""
-        if unit is None or unit in self._resident:
+        if unit is None or unit in self.resident:
             return
         if not self._staged:
             # madvise walks every page even when all are cached (~0.6 ms per 40 MB layer, ~10% of a
@@ -187,31 +225,70 @@ class WeightStore:
         self._slot_for(unit)
 
     def close(self) -> None:
+        """Wait for every fill and device copy in flight, then drop the buffers they write into."""
         if self._staged:
+            wait([s.future for s in self._staging if s.future is not None])  # blocks; failures are moot
             self._pool.shutdown(wait=True)
-        self._resident.clear()
+            self._copy_stream.synchronize()
+            self._staging = []
+        self._ready.clear()
 
     # --- internals ---------------------------------------------------------------------------------------
 
-    def _dense(self, raw: torch.Tensor, ref: TensorRef) -> torch.Tensor:
-        return dequantize(raw, ref.qtype, ref.shape, self.dtype)
+    def _work_for(self, k: int) -> torch.Tensor:
+        return self._work[: self._chunk * k].view(self._chunk, k)
 
-    def _load_resident(self, u: Unit) -> dict[str, torch.Tensor]:
-        if self._staged:  # raw bytes on the device, dequantized per use
-            return {k: self.model.raw(r).to(self.device) for k, r in u.refs.items()}
-        out = {}
+    def _qweight(self, raw: torch.Tensor, r: TensorRef) -> QWeight:
+        rows, k = r.shape
+        return QWeight(raw.view(rows, -1), r.qtype, (rows, k), self._work_for(k), self._backend)
+
+    def _load_small(self, u: Unit) -> dict[str, torch.Tensor]:
+        """The unit's 1-D tensors (norms, biases), dense on the device."""
+        return {
+            k: dequantize(self.model.raw(r).to(self.device), r.qtype, r.shape, self.dtype)
+            for k, r in u.refs.items()
+            if not _is_matrix(r)
+        }
+
+    def _mapped(self, u: Unit) -> dict[str, torch.Tensor | QWeight]:
+        """CPU, streamed: F32 matrices as zero-copy views of the file (when computing in float32), every
+        other matrix as a QWeight over its mapped blocks."""
+        out: dict[str, torch.Tensor | QWeight] = dict(self._small[u.index])
         for k, r in u.refs.items():
-            t = dequantize(self.model.raw(r), r.qtype, r.shape, self.dtype)
+            if _is_matrix(r):
+                raw = self.model.raw(r)
+                dense = FLOAT_VIEWS.get(r.qtype) == self.dtype == torch.float32
+                out[k] = dequantize(raw, r.qtype, r.shape, self.dtype) if dense else self._qweight(raw, r)
+        return out
+
+    def _load_resident(self, u: Unit) -> dict[str, torch.Tensor | QWeight]:
+        out: dict[str, torch.Tensor | QWeight] = {}
+        for k, r in u.refs.items():
+            if not _is_matrix(r):
+                t = self._small[u.index][k]
+                out[k] = t.clone() if self.model.is_file_view(t) else t
+                continue
+            if self._staged and r.qtype not in FLOAT_VIEWS:  # the blocks, on the device
+                out[k] = self._qweight(self.model.raw(r).to(self.device, copy=True), r)
+                continue
+            t = dequantize(self.model.raw(r).to(self.device), r.qtype, r.shape, self.dtype)
             out[k] = t.clone() if self.model.is_file_view(t) else t
         return out
 
+    def _slot_size(self) -> int:
+        """Bytes of one staging slot: the biggest streamed unit's matrices, each aligned to ALIGN."""
+        return max(
+            sum(-(-r.nbytes // ALIGN) * ALIGN for r in self.units[i].refs.values() if _is_matrix(r))
+            for i in self.streamed
+        )
+
     def _new_slot(self, size: int) -> _StagingSlot:
-        free = torch.cuda.Event()
+        free = torch.cuda.Event(blocking=True)  # a blocking event: its synchronize() sleeps, not spins
         free.record(torch.cuda.current_stream(self.device))
         return _StagingSlot(
             pinned=torch.empty(size, dtype=torch.uint8, pin_memory=self.device.type == "cuda"),
             dev=torch.empty(size, dtype=torch.uint8, device=self.device),
-            ready=torch.cuda.Event(),
+            ready=torch.cuda.Event(blocking=True),
             free=free,
         )
 
@@ -225,20 +302,45 @@ class WeightStore:
             s.future = self._pool.submit(self._fill, s, self.units[unit])
             return s
 
+    def _wait_filled(self, slot: _StagingSlot, unit: int) -> None:
+        """Block until the slot's fill is done; a failed fill is retried once, then WeightReadError."""
+        try:
+            slot.future.result()
+            return
+        except Exception:  # a read or copy error: try once more
+            with self._lock:
+                slot.future = self._pool.submit(self._fill, slot, self.units[unit])
+        try:
+            slot.future.result()
+        except Exception as e:
+            with self._lock:
+                slot.unit = -1  # nothing usable in the slot
+            what = "the output head" if unit == len(self.units) - 1 else f"layer {unit}"
+            raise WeightReadError(
+                f"cannot read the weights of {what} from {self.model.path} (tried twice): "
+                f"{type(e).__name__}: {e}"
+            ) from e
+
     def _fill(self, s: _StagingSlot, u: Unit) -> None:
         """Worker thread: wait until the slot's last user finished, then file -> pinned -> device.
 
         Each tensor's async device copy is queued as soon as its bytes are in the pinned buffer, so the
-        DMA of one tensor overlaps the host copy of the next.
+        DMA of one tensor overlaps the host copy of the next. Only the copies made count as streamed.
         """
         s.free.synchronize()
-        pos, layout = 0, {}
+        pos, layout, weights, copied = 0, {}, dict(self._small[u.index]), 0
         with torch.cuda.stream(self._copy_stream):
             for k, r in u.refs.items():
+                if not _is_matrix(r):
+                    continue
                 end = pos + r.nbytes
                 s.pinned[pos:end].copy_(self.model.raw(r))
                 s.dev[pos:end].copy_(s.pinned[pos:end], non_blocking=True)
+                copied += r.nbytes
                 layout[k] = (pos, end)
-                pos = (end + 255) // 256 * 256
+                weights[k] = self._qweight(s.dev[pos:end], r)
+                pos = -(-end // ALIGN) * ALIGN
             s.ready.record(self._copy_stream)
-        s.layout = layout
+        s.layout, s.weights = layout, weights
+        with self._lock:
+            self.streamed_bytes += copied

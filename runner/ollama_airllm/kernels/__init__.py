@@ -20,13 +20,14 @@ import torch
 import triton
 from gguf import quants
 
-from .qtypes import GGML, IQ4_VALUES, QTYPES, QType, qtype
+from .qtypes import GGML, KVALUES, QTYPES, QType, qtype
 from .triton_quant import dequant_kernel, gemv_kernel
 
 GEMV_MAX_TOKENS = 8
 DEQUANT_BLOCK = 256
 GEMV_BLOCK_N = 16
 GEMV_BLOCK_K = 256
+NUMPY_VALUES = 1 << 16  # values per gguf-py call on the numpy path
 
 __all__ = [
     "GEMV_MAX_TOKENS", "QTYPES", "QType", "default_backend", "dequantize", "gemv", "matmul", "qtype",
@@ -37,9 +38,9 @@ _kv_tables: dict[torch.device, torch.Tensor] = {}
 
 
 def _kv(device: torch.device) -> torch.Tensor:
-    """IQ4 value table on `device` (a kernel argument for every type; only the IQ4 kernels read it)."""
+    """IQ4/MXFP4 value table on `device` (a kernel argument for every type; only those kernels read it)."""
     if device not in _kv_tables:
-        _kv_tables[device] = torch.tensor(IQ4_VALUES, dtype=torch.float32, device=device)
+        _kv_tables[device] = torch.tensor(KVALUES, dtype=torch.float32, device=device)
     return _kv_tables[device]
 
 
@@ -70,7 +71,7 @@ def dequantize(
     elif out.shape != (rows, k) or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous [{rows}, {k}] tensor, got {tuple(out.shape)}")
     if (backend or default_backend(raw.device)) == "numpy":
-        out.copy_(torch.from_numpy(quants.dequantize(raw.cpu().numpy(), GGML[q.name]).reshape(rows, k)))
+        _numpy_dequantize(raw.cpu().numpy(), q, k, out)
     elif rows:
         grid = (rows, triton.cdiv(k, DEQUANT_BLOCK))
         dequant_kernel[grid](
@@ -78,6 +79,16 @@ def dequantize(
             CODE=q.code, QK=q.block, BS=q.block_bytes, BLOCK=DEQUANT_BLOCK,
         )  # fmt: skip
     return out
+
+
+def _numpy_dequantize(raw, q: QType, k: int, out: torch.Tensor) -> None:
+    """gguf-py's dequantization, NUMPY_VALUES values per call: few calls (gguf-py itself would make one per
+    16 rows), and numpy's temporaries stay a few times NUMPY_VALUES floats."""
+    step = max(1, NUMPY_VALUES // k)
+    for r0 in range(0, raw.shape[0], step):
+        part = raw[r0 : r0 + step]
+        vals = quants.dequantize(part.reshape(1, -1), GGML[q.name])  # one "row": one call inside gguf-py
+        out[r0 : r0 + part.shape[0]].copy_(torch.from_numpy(vals.reshape(part.shape[0], k)))
 
 
 def gemv(x: torch.Tensor, raw: torch.Tensor, qtype_name: str, k: int) -> torch.Tensor:

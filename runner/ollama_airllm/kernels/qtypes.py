@@ -41,6 +41,7 @@ QTYPES = {
         QType("Q6_K", 12, 256, 210),
         QType("IQ4_NL", 13, 32, 18),
         QType("IQ4_XS", 14, 256, 136),
+        QType("MXFP4", 15, 32, 17),
     )
 }
 
@@ -49,6 +50,10 @@ GGML = {name: getattr(T, name) for name in QTYPES}
 
 # IQ4_NL / IQ4_XS non-linear 4-bit values (ggml-common.h kvalues_iq4nl)
 IQ4_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+# MXFP4's E2M1 values, doubled (ggml-common.h kvalues_mxfp4; the E8M0 scale is halved to match)
+MXFP4_VALUES = (0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12)
+# The kernels' value table: IQ4 at 0..15, MXFP4 at 16..31
+KVALUES = IQ4_VALUES + MXFP4_VALUES
 
 
 def qtype(name: str) -> QType:

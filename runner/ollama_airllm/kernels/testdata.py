@@ -15,6 +15,7 @@ from .qtypes import GGML, QTYPES
 F16_FIELDS = {
     "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "Q2_K": (80, 82),
     "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ4_NL": (0,), "IQ4_XS": (0,),
+    "MXFP4": (),
 }  # fmt: skip
 
 
@@ -31,6 +32,8 @@ def random_blocks(name: str, rows: int, k: int, seed: int = 0) -> np.ndarray:
         return quants.quantize(x, GGML[name]).reshape(rows, -1)
     nb = q.row_bytes(k) // q.block_bytes
     raw = rng.integers(0, 256, (rows, nb, q.block_bytes), dtype=np.uint8)
+    if name == "MXFP4":  # E8M0 exponents around 2^0, the smallest two included (a subnormal scale)
+        raw[:, :, 0] = rng.integers(0, 135, (rows, nb), dtype=np.uint8)
     for off in F16_FIELDS[name]:
         scale = (rng.standard_normal((rows, nb, 1)) * 0.05).astype(np.float16)
         raw[:, :, off : off + 2] = scale.view(np.uint8)

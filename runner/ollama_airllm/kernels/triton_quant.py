@@ -66,8 +66,16 @@ def _two_bits(p, t, m):
 
 
 @triton.jit
+def _e8m0_half(p, m):
+    """MXFP4's E8M0 exponent byte as float32, halved (gguf-py's e8m0_to_fp32_half, ggml-impl.h)."""
+    e = _u8(p, m)
+    bits = tl.where(e < 2, 0x00200000 << e, (e - 1) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _legacy(blk, t, m, kv_ptr, CODE: tl.constexpr):
-    """Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL: value t of a 32-value block."""
+    """Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, MXFP4: value t of a 32-value block."""
     d = _f16(blk, m)
     if CODE == 3:  # Q4_0
         v = d * (_nibble(blk + 2, t, m) - 8).to(tl.float32)
@@ -81,8 +89,10 @@ def _legacy(blk, t, m, kv_ptr, CODE: tl.constexpr):
         v = d * (_nibble(blk + 8, t, m) | (hi << 4)).to(tl.float32) + _f16(blk + 2, m)
     elif CODE == 7:  # Q8_0
         v = _i8(blk + 2 + t, m).to(tl.float32) * d
-    else:  # IQ4_NL
+    elif CODE == 13:  # IQ4_NL
         v = d * tl.load(kv_ptr + _nibble(blk + 2, t, m), mask=m, other=0.0)
+    else:  # MXFP4: 1 exponent byte, then 16 bytes of E2M1 codes packed like Q4_0
+        v = _e8m0_half(blk, m) * tl.load(kv_ptr + 16 + _nibble(blk + 1, t, m), mask=m, other=0.0)
     return v
 
 

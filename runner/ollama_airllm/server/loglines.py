@@ -83,9 +83,22 @@ def load_lines(info) -> list[str]:
         f"llama_context: n_ctx         = {info.n_ctx * info.n_slots}",
         f"llama_context: n_ctx_seq     = {info.n_ctx}",
         buffer_line("llama_kv_cache", gpu, "KV", info.kv_bytes),
-        buffer_line("llama_context", gpu, "compute", info.staging_bytes),
+        buffer_line("llama_context", gpu, "compute", info.compute_bytes + info.staging_bytes),
         f"load_tensors: layer streaming: {info.n_resident_layers} resident, "
         f"{info.n_streamed_layers} streamed from the file, "
         f"{info.streamed_bytes_per_pass / MIB:.2f} MiB read per token",
     ]
+    if info.experts is not None:
+        lines.append(expert_line(info.experts))
     return lines
+
+
+def expert_line(st) -> str:
+    """The expert residency and the bytes the routed experts of one token read (before any cache hit)."""
+    streamed = st.n_moe_layers - st.resident_experts // st.n_expert
+    per_token = streamed * st.n_used * st.expert_bytes
+    return (
+        f"load_tensors: experts: {st.n_used} of {st.n_expert} per token in {st.n_moe_layers} layers, "
+        f"{st.resident_experts} resident, cache {st.cache_bytes / MIB:.2f} MiB; "
+        f"{per_token / MIB:.2f} MiB of experts read per token at most (hit rate in /props)"
+    )

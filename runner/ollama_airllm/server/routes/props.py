@@ -65,12 +65,20 @@ def props_json(runner) -> dict:
         "build_info": runner.build_info,
         "is_sleeping": False,
         "cors_proxy_enabled": False,
-        "engine": {
-            "resident_layers": info.n_resident_layers,
-            "streamed_layers": info.n_streamed_layers,
-            "device": info.device_name,
-        },
+        "engine": _engine(info),
     }
+
+
+def _engine(info) -> dict:
+    """The layer-streaming engine's residency; for a MoE model also its experts' traffic and cache."""
+    out = {
+        "resident_layers": info.n_resident_layers,
+        "streamed_layers": info.n_streamed_layers,
+        "device": info.device_name,
+    }
+    if info.experts is not None:
+        out["experts"] = info.experts.as_json()
+    return out
 
 
 def _template_caps(template: str) -> dict:

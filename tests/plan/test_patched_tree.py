@@ -1,0 +1,101 @@
+"""Ollama's own hook, in a patched v0.34.4 tree, decides like the Python planner and starts llama-server
+with --n-cpu-moe N for a MoE model that does not fit VRAM (and with nothing extra otherwise)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from ollama_airllm import fit
+from ollama_airllm.plan.model import read_model
+
+ROOT = Path(__file__).resolve().parents[2]
+GO_TEST = Path(__file__).parent / "go" / "airllm_plan_test.go"
+OLLAMA = "github.com/ollama/ollama@v0.34.4"
+GiB = 2**30
+NUM_CTX = 32768
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; under CI the patched-tree tests must run (tests/setup.sh)")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """Ollama v0.34.4 from the Go module cache, with airllmrunner copied in and airllm.patch applied."""
+    go, patch = _tool("go"), _tool("patch")
+    found = subprocess.run(
+        [go, "mod", "download", "-json", OLLAMA], capture_output=True, text=True, timeout=600
+    )
+    if found.returncode != 0:
+        pytest.fail(f"go mod download {OLLAMA}: {found.stderr}")
+    src = Path(json.loads(found.stdout)["Dir"])
+    tree = tmp_path_factory.mktemp("ollama") / "ollama"
+    shutil.copytree(src, tree)
+    subprocess.run(["chmod", "-R", "u+w", str(tree)], check=True)
+    (tree / "airllmrunner").mkdir()
+    for f in (ROOT / "runner" / "airllmrunner").glob("*.go"):
+        if not f.name.endswith("_test.go"):
+            shutil.copy(f, tree / "airllmrunner" / f.name)
+    subprocess.run(
+        [patch, "-d", str(tree), "-Np1", "-i", str(ROOT / "airllm.patch")], check=True, capture_output=True
+    )
+    shutil.copy(GO_TEST, tree / "llm" / GO_TEST.name)
+    return tree
+
+
+def _go_test(
+    tree: Path, model: Path, free: int, ram: int, env: dict[str, str]
+) -> subprocess.CompletedProcess:
+    info = read_model(model, model.name, NUM_CTX, 1)
+    decision = fit.decide(fit.FitInput(info.model_bytes, (fit.GPU(free),), -1, ram, info.facts), env)
+    test_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "AIRLLM_"))},
+        **env,
+        "OLLAMA_AIRLLM_CALIBRATION": str(tree / "no-calibration.json"),
+        "OLLAMA_AIRLLM_RUNNER": "/bin/sh",
+        "AIRLLM_TEST_MODEL": str(model),
+        "AIRLLM_TEST_NUM_CTX": str(NUM_CTX),
+        "AIRLLM_TEST_FREE_BYTES": str(free),
+        "AIRLLM_TEST_RAM_BYTES": str(ram),
+        "AIRLLM_TEST_WANT_N": str(decision.n_cpu_moe),
+        "AIRLLM_TEST_WANT_RUNNER": "/bin/sh" if decision.airllm else "",
+    }
+    result = subprocess.run(
+        [_tool("go"), "test", "-count=1", "-run", "^TestAirLLM", "-v", "./llm/"],
+        cwd=tree,
+        env=test_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "--- PASS: TestAirLLMDecisionMatchesThePlanner" in result.stdout, result.stdout[-2000:]
+    return decision
+
+
+@pytest.mark.slow
+def test_moe_beyond_vram_starts_llama_server_with_n_cpu_moe(tree, tmp_path, ggufs):
+    model = ggufs.write(tmp_path / "moe.gguf", ggufs.QWEN3_30B_A3B)
+    for free, env in ((24 * GiB, {}), (12 * GiB, {"OLLAMA_AIRLLM_TAKEOVER": "never"})):
+        decision = _go_test(tree, model, free, 64 * GiB, env)
+        assert decision.n_cpu_moe > 0 and not decision.airllm, decision
+
+
+@pytest.mark.slow
+def test_models_that_fit_or_go_to_the_runner_get_no_n_cpu_moe(tree, tmp_path, ggufs):
+    moe = ggufs.write(tmp_path / "moe.gguf", ggufs.QWEN3_30B_A3B)
+    dense = ggufs.write(tmp_path / "dense.gguf", ggufs.LLAMA_70B)
+    assert _go_test(tree, moe, 80 * GiB, 64 * GiB, {}).n_cpu_moe == 0  # fits
+    assert _go_test(tree, moe, 12 * GiB, 64 * GiB, {"OLLAMA_AIRLLM_TAKEOVER": "over-vram"}).airllm
+    assert _go_test(tree, dense, 24 * GiB, 16 * GiB, {}).airllm  # beyond RAM + VRAM
+    assert _go_test(tree, moe, 12 * GiB, 64 * GiB, {"OLLAMA_AIRLLM": "0"}).n_cpu_moe == 0
