@@ -13,6 +13,8 @@ import pytest
 from ollama_airllm import fit
 from ollama_airllm.plan.model import read_model
 
+from tests.patch.conftest import required_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 GO_TEST = Path(__file__).parent / "go" / "airllm_plan_test.go"
 OLLAMA = "github.com/ollama/ollama@v0.34.4"
@@ -20,19 +22,10 @@ GiB = 2**30
 NUM_CTX = 32768
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed; under CI the patched-tree tests must run (tests/setup.sh)")
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     """Ollama v0.34.4 from the Go module cache, with airllmrunner copied in and airllm.patch applied."""
-    go, patch = _tool("go"), _tool("patch")
+    go, patch = required_tool("go"), required_tool("patch")
     found = subprocess.run(
         [go, "mod", "download", "-json", OLLAMA], capture_output=True, text=True, timeout=600
     )
@@ -71,7 +64,7 @@ def _go_test(
         "AIRLLM_TEST_WANT_RUNNER": "/bin/sh" if decision.airllm else "",
     }
     result = subprocess.run(
-        [_tool("go"), "test", "-count=1", "-run", "^TestAirLLM", "-v", "./llm/"],
+        [required_tool("go"), "test", "-count=1", "-run", "^TestAirLLM", "-v", "./llm/"],
         cwd=tree,
         env=test_env,
         capture_output=True,

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from ..atomicfile import replace_with
 
 
 def _tool(var: str) -> str:
@@ -22,18 +23,7 @@ def _tool(var: str) -> str:
 def _replace_into(out: Path, make) -> Path:
     """Run make(tmp) to write a temporary file next to `out`, then rename it to `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        make(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return replace_with(out, make)
 
 
 def _run(cmd: list[str]) -> None:

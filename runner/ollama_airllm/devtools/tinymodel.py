@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomicfile import replace_with
 from .tinytokenizer import CHAT_TEMPLATE, CONTROL_TOKENS, HF_SPLIT_REGEX, KINDS, make_tokenizer
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3")
@@ -296,10 +297,7 @@ def write_gguf(
     if cfg.get("tie_word_embeddings"):
         tensors.pop("lm_head.weight", None)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    def write(tmp: Path) -> None:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_name(name or f"tiny-{hf_arch}-{qtype.lower()}")
         w.add_context_length(int(ctx or cfg["max_position_embeddings"]))
@@ -332,14 +330,9 @@ def write_gguf(
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out_path
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    return replace_with(out_path, write)
 
 
 def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
