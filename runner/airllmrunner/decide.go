@@ -68,6 +68,10 @@ type Decision struct {
 	Reason   string   `json:"reason"`    // one line, e.g. "airllm: model 42187 MiB > usable VRAM 20114 MiB (...)"
 	Warnings []string `json:"warnings"`  // ignored environment values, one line each
 	NCPUMoE  int      `json:"n_cpu_moe"` // > 0: start llama-server with --n-cpu-moe NCPUMoE
+
+	// fallbackNCPUMoE is the N llama-server takes instead when the runner
+	// was chosen but cannot start (WithRunnerCheck).
+	fallbackNCPUMoE int
 }
 
 // Decide picks llama-server or the AirLLM runner for a model.
@@ -109,24 +113,30 @@ func Decide(in Input, env LookupEnv) Decision {
 		return d
 	}
 	over := fmt.Sprintf("model %s > usable VRAM %s %s", mib(in.ModelBytes), mib(usable), detail)
-	if s.takeover == "over-vram" || (s.takeover == "auto" && !Known(in.Facts)) {
+	known := Known(in.Facts)
+	var llama Estimate
+	n := 0
+	if known {
+		llama = LlamaServerEstimate(in, usable, s.promptTokens)
+		if llama.Path == "cpu-moe" {
+			n = llama.GPULayers
+		}
+	}
+	if s.takeover == "over-vram" || (s.takeover == "auto" && !known) {
 		how := ""
 		if s.takeover != "over-vram" {
 			how = "; no model facts, so the over-vram rule"
 		}
-		d.AirLLM = true
+		d.AirLLM, d.fallbackNCPUMoE = true, n
 		d.Reason = "airllm: " + over + how
 		return d
 	}
 	never := fmt.Sprintf("llama-server: %s=never; %s", EnvTakeover, over)
-	if !Known(in.Facts) {
+	if !known {
 		d.Reason = never
 		return d
 	}
-	llama := LlamaServerEstimate(in, usable, s.promptTokens)
-	if llama.Path == "cpu-moe" {
-		d.NCPUMoE = llama.GPULayers
-	}
+	d.NCPUMoE = n
 	if s.takeover == "never" {
 		d.Reason = never + moeNote(llama)
 		return d
@@ -140,7 +150,7 @@ func auto(d Decision, in Input, usable uint64, llama Estimate, s settings) Decis
 	runner := EstimateRunner(in.Facts, in.Rates, usable, in.RAMFreeBytes, s.promptTokens)
 	sizes := fmt.Sprintf("model %s, usable VRAM %s, free RAM %s", mib(in.ModelBytes), mib(usable), mib(in.RAMFreeBytes))
 	if in.ModelBytes-usable > in.RAMFreeBytes {
-		d.AirLLM, d.NCPUMoE = true, 0
+		d.AirLLM, d.fallbackNCPUMoE, d.NCPUMoE = true, d.NCPUMoE, 0
 		d.Reason = fmt.Sprintf("airllm: the model does not fit RAM + VRAM (%s)", sizes)
 		return d
 	}
@@ -149,7 +159,8 @@ func auto(d Decision, in Input, usable uint64, llama Estimate, s settings) Decis
 	d.AirLLM = tRunner < tLlama
 	prefix, chosen := "llama-server", "llama-server"
 	if d.AirLLM {
-		prefix, chosen, d.NCPUMoE = "airllm", "runner", 0
+		prefix, chosen = "airllm", "runner"
+		d.fallbackNCPUMoE, d.NCPUMoE = d.NCPUMoE, 0
 	}
 	d.Reason = fmt.Sprintf("%s: runner %s tok/s vs llama-server %s tok/s%s → %s (workload %d+%d tokens: %.1f s vs %.1f s; %s)",
 		prefix, tps(runner.DecodeTPS), tps(llama.DecodeTPS), moeNote(llama), chosen,
@@ -188,14 +199,18 @@ func UsableVRAM(available uint64) uint64 {
 
 // WithRunnerCheck applies the result of checking that the runner can be
 // started (err is nil when it can). A runner chosen by the fit falls back to
-// llama-server; a forced one is kept, so starting it fails with a clear error.
+// llama-server, with the --n-cpu-moe N of llama-server's best path for a MoE
+// model; a forced one is kept, so starting it fails with a clear error.
 func (d Decision) WithRunnerCheck(err error) Decision {
 	if err == nil || !d.AirLLM || d.Forced {
 		return d
 	}
-	d.AirLLM = false
+	d.AirLLM, d.NCPUMoE = false, d.fallbackNCPUMoE
 	d.Reason = fmt.Sprintf("llama-server: AirLLM runner unavailable (%v); wanted it because %s",
 		err, strings.TrimPrefix(d.Reason, "airllm: "))
+	if d.NCPUMoE > 0 {
+		d.Reason += fmt.Sprintf("; --n-cpu-moe %d", d.NCPUMoE)
+	}
 	return d
 }
 

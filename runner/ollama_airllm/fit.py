@@ -162,14 +162,18 @@ class Decision:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     n_cpu_moe: int = 0
     """> 0: start llama-server with --n-cpu-moe N (a MoE model that does not fit VRAM)."""
+    fallback_n_cpu_moe: int = 0
+    """The N llama-server takes instead when the runner was chosen but cannot start."""
 
     def with_runner_check(self, error: str | None) -> Decision:
-        """Apply the result of checking the runner can start: a fitted choice falls back to llama-server."""
+        """Apply the result of checking the runner can start: a fitted choice falls back to llama-server,
+        with the --n-cpu-moe N that llama-server's best path has for a MoE model."""
         if error is None or not self.airllm or self.forced:
             return self
         wanted = self.reason.removeprefix("airllm: ")
         reason = f"llama-server: AirLLM runner unavailable ({error}); wanted it because {wanted}"
-        return replace(self, airllm=False, reason=reason)
+        n = self.fallback_n_cpu_moe
+        return replace(self, airllm=False, n_cpu_moe=n, reason=reason + (f"; --n-cpu-moe {n}" if n else ""))
 
 
 @dataclass
@@ -214,14 +218,15 @@ def decide(inp: FitInput, env: Mapping[str, str] | None = None) -> Decision:
         fits = f"model {mib(inp.model_bytes)} <= usable VRAM {mib(usable)} {detail}"
         return replace(d, reason=f"llama-server: {fits}")
     over = f"model {mib(inp.model_bytes)} > usable VRAM {mib(usable)} {detail}"
-    if s.takeover == "over-vram" or (s.takeover == "auto" and not known(inp.facts)):
+    llama = llama_server_estimate(inp, usable, s.prompt_tokens) if known(inp.facts) else None
+    n = llama.gpu_layers if llama is not None and llama.path == "cpu-moe" else 0
+    if s.takeover == "over-vram" or (s.takeover == "auto" and llama is None):
         how = "" if s.takeover == "over-vram" else "; no model facts, so the over-vram rule"
-        return replace(d, airllm=True, reason=f"airllm: {over}{how}")
+        return replace(d, airllm=True, fallback_n_cpu_moe=n, reason=f"airllm: {over}{how}")
     never = f"llama-server: {ENV_TAKEOVER}=never; {over}"
-    if not known(inp.facts):
+    if llama is None:
         return replace(d, reason=never)
-    llama = llama_server_estimate(inp, usable, s.prompt_tokens)
-    d = replace(d, n_cpu_moe=llama.gpu_layers if llama.path == "cpu-moe" else 0)
+    d = replace(d, n_cpu_moe=n)
     if s.takeover == "never":
         return replace(d, reason=never + _moe_note(llama))
     return _auto(d, inp, usable, llama, s)
@@ -233,7 +238,7 @@ def _auto(d: Decision, inp: FitInput, usable: int, llama: Estimate, s: _Settings
     sizes = f"model {mib(inp.model_bytes)}, usable VRAM {mib(usable)}, free RAM {mib(inp.ram_free_bytes)}"
     if inp.model_bytes - usable > inp.ram_free_bytes:
         reason = f"airllm: the model does not fit RAM + VRAM ({sizes})"
-        return replace(d, airllm=True, n_cpu_moe=0, reason=reason)
+        return replace(d, airllm=True, n_cpu_moe=0, fallback_n_cpu_moe=d.n_cpu_moe, reason=reason)
     t_runner = workload_seconds(runner, s.output_tokens)
     t_llama = workload_seconds(llama, s.output_tokens)
     airllm = t_runner < t_llama
@@ -243,7 +248,9 @@ def _auto(d: Decision, inp: FitInput, usable: int, llama: Estimate, s: _Settings
         f"{tps(llama.decode_tps)} tok/s{_moe_note(llama)} → {chosen} (workload {s.prompt_tokens}+"
         f"{s.output_tokens} tokens: {t_runner:.1f} s vs {t_llama:.1f} s; {sizes})"
     )
-    return replace(d, airllm=airllm, n_cpu_moe=0 if airllm else d.n_cpu_moe, reason=reason)
+    if airllm:
+        return replace(d, airllm=True, n_cpu_moe=0, fallback_n_cpu_moe=d.n_cpu_moe, reason=reason)
+    return replace(d, reason=reason)
 
 
 def known(f: ModelFacts) -> bool:
