@@ -17,7 +17,7 @@ import torch
 from .. import kernels
 from .config import EngineConfig
 from .gguf_file import ModelSpec
-from .weights import ALIGN, Unit, work_buffer_bytes
+from .weights import Unit, staged_bytes, work_buffer_bytes
 
 # numpy's temporaries while gguf-py dequantizes kernels.NUMPY_VALUES values (the CPU path): at most 5.3
 # float32 copies of them, measured with tracemalloc for every block type
@@ -68,9 +68,7 @@ def needs(
         work += NUMPY_TEMP_BYTES
     staging = 0
     if device.type == "cuda":
-        staging = 2 * max(
-            sum(-(-r.nbytes // ALIGN) * ALIGN for r in u.refs.values() if len(r.shape) == 2) for u in units
-        )
+        staging = 2 * max(staged_bytes(u) for u in units)
     act = activation_bytes(spec, n_ctx, config.n_batch, dtype)
     fetch = max(expert_layers, default=0) if device.type == "cuda" else 0  # CPU: views of the file
     return Needs(kv, work, act, staging, sum(expert_layers), fetch)

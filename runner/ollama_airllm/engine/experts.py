@@ -20,9 +20,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-from gguf import GGMLQuantizationType
 
-from .dequant import dequantize, row_bytes
+from .dequant import FLOAT_VIEWS, dequantize, row_bytes
 from .gguf_file import GGUFModel, TensorRef
 from .linear import QWeight
 from .moe import Expert
@@ -30,7 +29,6 @@ from .types import ExpertStats
 
 STACKS = ("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight")
 BIASES = ("ffn_gate_exps.bias", "ffn_up_exps.bias", "ffn_down_exps.bias")
-_FLOAT = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 
 
 def moe_layers(model: GGUFModel) -> list[int]:
@@ -175,7 +173,7 @@ class ExpertStore:
             w = dequantize(raw, ref.qtype, shape, self.dtype)
             return w.clone() if copy and self.model.is_file_view(w) else w
         raw = raw.to(self.device)
-        if ref.qtype in _FLOAT:
+        if ref.qtype in FLOAT_VIEWS:
             return dequantize(raw, ref.qtype, shape, self.dtype)
         return QWeight(raw.view(shape[0], row_bytes(ref.qtype, shape[1])), ref.qtype, shape)
 

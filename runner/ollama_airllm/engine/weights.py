@@ -68,6 +68,11 @@ class Unit:
     dense_bytes: int
 
 
+def staged_bytes(u: Unit) -> int:
+    """Bytes `u` takes in a staging slot: its matrices, each aligned to ALIGN (1-D tensors stay resident)."""
+    return sum(-(-r.nbytes // ALIGN) * ALIGN for r in u.refs.values() if _is_matrix(r))
+
+
 def is_expert_tensor(name: str) -> bool:
     """MoE expert stacks (ffn_{gate,up,down}_exps.*) are fetched per routed expert, not with their unit."""
     return "_exps." in name
@@ -103,7 +108,6 @@ class _StagingSlot:
     free: torch.cuda.Event
     unit: int = -1
     future: Future | None = None
-    layout: dict[str, tuple[int, int]] = field(default_factory=dict)
     weights: dict[str, torch.Tensor | QWeight] = field(default_factory=dict)
 
 
@@ -276,11 +280,8 @@ class WeightStore:
         return out
 
     def _slot_size(self) -> int:
-        """Bytes of one staging slot: the biggest streamed unit's matrices, each aligned to ALIGN."""
-        return max(
-            sum(-(-r.nbytes // ALIGN) * ALIGN for r in self.units[i].refs.values() if _is_matrix(r))
-            for i in self.streamed
-        )
+        """Bytes of one staging slot: the biggest streamed unit's."""
+        return max(staged_bytes(self.units[i]) for i in self.streamed)
 
     def _new_slot(self, size: int) -> _StagingSlot:
         free = torch.cuda.Event(blocking=True)  # a blocking event: its synchronize() sleeps, not spins
@@ -328,7 +329,7 @@ class WeightStore:
         DMA of one tensor overlaps the host copy of the next. Only the copies made count as streamed.
         """
         s.free.synchronize()
-        pos, layout, weights, copied = 0, {}, dict(self._small[u.index]), 0
+        pos, weights, copied = 0, dict(self._small[u.index]), 0
         with torch.cuda.stream(self._copy_stream):
             for k, r in u.refs.items():
                 if not _is_matrix(r):
@@ -337,10 +338,9 @@ class WeightStore:
                 s.pinned[pos:end].copy_(self.model.raw(r))
                 s.dev[pos:end].copy_(s.pinned[pos:end], non_blocking=True)
                 copied += r.nbytes
-                layout[k] = (pos, end)
                 weights[k] = self._qweight(s.dev[pos:end], r)
                 pos = -(-end // ALIGN) * ALIGN
             s.ready.record(self._copy_stream)
-        s.layout, s.weights = layout, weights
+        s.weights = weights
         with self._lock:
             self.streamed_bytes += copied
