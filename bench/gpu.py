@@ -14,7 +14,8 @@ Measured, side by side (each after a warm-up that compiles the kernels):
 - h2d_pinned_gbps: a pinned host -> device copy of 1 GiB, best of 5 (CPU: a host memcpy stands in);
 - decode_tok_s_streamed: every layer and the head streamed (resident_layers=0); bus_limit_tok_s =
   h2d / streamed_bytes_per_token (the layer and head tensor bytes, computed from the file written);
-- decode_tok_s_resident: every layer and the head resident;
+- decode_tok_s_resident: every layer and the head resident, decoded through the captured decode graphs
+  (engine/graphs.py; the CPU has none); decode_tok_s_resident_eager: the same, launched from Python;
 - dense_bf16_decode_tok_s: the same layer count as torch bf16 F.linear on resident dense weights
   (up to DENSE_DISTINCT distinct layers, as many as half the free memory holds, used in turn: each is far
   larger than the GPU's L2, so this reads as many bytes as distinct weights would);
@@ -27,8 +28,9 @@ Measured, side by side (each after a warm-up that compiles the kernels):
   the peak is the growth of the peak RSS;
 - overhead_ms_per_layer: a decode step of a model with the same layer count and tiny dims (all resident,
   0.4 MB per layer, so bytes explain none of its time), divided by the layer count; compared with a
-  bus-bound step of one of the big layers (its bytes / h2d). resident_unexplained_ms_per_layer is the
-  other view: resident decode time minus resident bytes / measured device-memory bandwidth, per layer.
+  bus-bound step of one of the big layers (its bytes / h2d); overhead_ms_per_layer_eager without the
+  graphs. resident_unexplained_ms_per_layer is the other view: resident decode time minus resident bytes
+  / measured device-memory bandwidth, per layer.
 Human-readable lines come first; the last stdout line is one JSON object. A run that fails is reported
 in "errors" (its numbers null, its traceback on stderr) and the exit status is 1. No GPU: exit 2.
 """
@@ -357,10 +359,11 @@ def choose_layers(
 ) -> tuple[int, str]:
     """The most layers (<= MAX_LAYERS) whose run fits `seconds`, the file space (and host memory) and the
     device; and the name of the limit that decided. Each layer costs its write, `passes` streamed copies
-    and two loads (resident and budget runs; pageable copies, taken at half the pinned rate), x SAFETY."""
+    and three loads (two resident runs and the budget run; pageable copies, at half the pinned rate),
+    x SAFETY."""
     per_layer = (pass_bytes(geom, MAX_LAYERS) - pass_bytes(geom, 0)) / MAX_LAYERS
     fixed = file_size(geom, 0)
-    cost = SAFETY * (1 / write + passes / h2d + 2 / (h2d / 2))
+    cost = SAFETY * (1 / write + passes / h2d + 3 / (h2d / 2))
     limits = {
         "time": (seconds - cost * fixed) / (cost * per_layer),
         "file space": (0.9 * file_space - fixed) / per_layer,
@@ -524,6 +527,8 @@ def summarize(m: dict, geom: Geometry, n_layers: int, wall_s: float) -> dict:
     ratio = _ratio(streamed.get("decode_tok_s"), bus_limit)
     res_rate, dense = resident.get("decode_tok_s"), runs.get("dense_bf16", {}).get("decode_tok_s")
     ovh = _ratio(_ratio(1e3, overhead.get("decode_tok_s")), n_layers)
+    ovh_eager = _ratio(_ratio(1e3, runs.get("overhead_eager", {}).get("decode_tok_s")), n_layers)
+    eager_rate = runs.get("resident_eager", {}).get("decode_tok_s")
     bus_ms_per_layer = 1e3 * (per_token - pass_bytes(geom, 0)) / n_layers / h2d
     unexplained = None
     if res_rate and hbm:
@@ -544,6 +549,8 @@ def summarize(m: dict, geom: Geometry, n_layers: int, wall_s: float) -> dict:
         "bus_limit_tok_s": bus_limit,
         "ratio_to_bus_limit": ratio,
         "decode_tok_s_resident": res_rate,
+        "decode_tok_s_resident_eager": eager_rate,
+        "graphs_speedup": _ratio(res_rate, eager_rate),
         "dense_bf16_decode_tok_s": dense,
         "resident_vs_dense_bf16": _ratio(res_rate, dense),
         "prefill_tokens": m["work"].prefill_tokens,
@@ -553,6 +560,7 @@ def summarize(m: dict, geom: Geometry, n_layers: int, wall_s: float) -> dict:
         "peak_device_bytes": peak,
         "budget_bytes": budget,
         "overhead_ms_per_layer": ovh,
+        "overhead_ms_per_layer_eager": ovh_eager,
         "bus_ms_per_layer": bus_ms_per_layer,
         "overhead_share_of_bus_step": share,
         "resident_unexplained_ms_per_layer": unexplained,
@@ -603,7 +611,8 @@ def print_summary(r: dict) -> None:
         f"(target >= 0.8: {t['ratio_to_bus_limit_ge_0_8']})"
     )
     print(
-        f"resident decode {_fmt(r['decode_tok_s_resident'])} tok/s, "
+        f"resident decode {_fmt(r['decode_tok_s_resident'])} tok/s "
+        f"({_fmt(r['decode_tok_s_resident_eager'])} without graphs), "
         f"dense bf16 {_fmt(r['dense_bf16_decode_tok_s'])} tok/s: {_fmt(r['resident_vs_dense_bf16'])}x "
         f"(target >= 1.5: {t['resident_ge_1_5x_dense_bf16']})"
     )
@@ -619,7 +628,8 @@ def print_summary(r: dict) -> None:
         f"(peak <= budget: {t['peak_le_budget']})"
     )
     print(
-        f"overhead {_fmt(r['overhead_ms_per_layer'], '.3f')} ms/layer = "
+        f"overhead {_fmt(r['overhead_ms_per_layer'], '.3f')} ms/layer "
+        f"({_fmt(r['overhead_ms_per_layer_eager'], '.3f')} without graphs) = "
         f"{_fmt(r['overhead_share_of_bus_step'], '.1%')} of a bus-bound layer step "
         f"({r['bus_ms_per_layer']:.2f} ms; target <= 10%: {t['overhead_le_10pct_of_bus_step']}); resident "
         f"time unexplained by bytes {_fmt(r['resident_unexplained_ms_per_layer'], '.3f')} ms/layer"
@@ -759,8 +769,14 @@ def measure(a: argparse.Namespace, device: torch.device, workdir: Path, plan) ->
         "streamed": attempt("streamed", engine_run, path, device, work, True, resident_layers=0),
         "resident": attempt("resident", engine_run, path, device, work, True, resident_layers=n_layers),
     }
+    runs["resident_eager"] = attempt(
+        "resident_eager", engine_run, path, device, work, resident_layers=n_layers, graphs=False
+    )
     runs["dense_bf16"] = attempt("dense_bf16", dense_decode, geom, n_layers, device, work.decode_tokens)
     runs["overhead"] = attempt("overhead", engine_run, small, device, work, resident_layers=n_layers)
+    runs["overhead_eager"] = attempt(
+        "overhead_eager", engine_run, small, device, work, resident_layers=n_layers, graphs=False
+    )
     runs["budget"] = attempt("budget", budget_run, path, device, work, int(a.budget_fraction * file_bytes))
     m = {
         "device": device.type, "device_name": _device_name(device), "limited_by": limited_by,

@@ -176,8 +176,7 @@ def _moe_runs(a, eng: Engine, path: Path) -> dict:
     r["routed_bytes_per_token"] = decode_bytes_per_token(eng, a.tokens)
     r["routed_vs_dense_plus_top_k"] = r["routed_bytes_per_token"] / (dense + top_k)
     r["routed_tok_s"], routed_tokens = engine_rate(eng, a.tokens, a.repeats)
-    routed = eng.backend.transformer.experts
-    eng.backend.transformer.experts = ExpertStore(model, routed.device, routed.dtype, set(), fetch_all=True)
+    eng.backend.transformer.experts = ExpertStore(eng.backend.store, set(), fetch_all=True)
     r["all_experts_bytes_per_token"] = decode_bytes_per_token(eng, a.tokens)
     r["all_experts_tok_s"], all_tokens = engine_rate(eng, a.tokens, a.repeats)
     r["tokens_match"] = routed_tokens == all_tokens

@@ -60,13 +60,17 @@ def test_f32_logits_match_transformers(model, resident):
     )
 
 
-def test_greedy_tokens_match_transformers(model):
-    """Decoding through the KV cache, well past the window."""
+@pytest.mark.parametrize("graphs", [False, True])
+def test_greedy_tokens_match_transformers(model, graphs):
+    """Decoding through the KV cache, well past the window; also through the decode graphs' fixed-shape
+    steps (run eagerly on the CPU), whose sliding layers mask the window at the device position."""
     hf, path = model
     with torch.no_grad():
         want = _hf(hf).generate(torch.tensor([PROMPT]), max_new_tokens=24, min_new_tokens=24, do_sample=False)
-    res = _load(path, resident_layers=2).generate(0, PROMPT, SamplingParams(**GREEDY))
+    eng = _load(path, resident_layers=2, graphs=graphs)
+    res = eng.generate(0, PROMPT, SamplingParams(**GREEDY))
     assert res.tokens == want[0, len(PROMPT) :].tolist()
+    assert (eng.info.graphs.runs == [(0, 2), (7, 8)]) if graphs else eng.info.graphs is None
 
 
 def test_layout_from_the_converters_metadata(model):
@@ -148,5 +152,5 @@ def test_attention_softcap_and_window_equal_transformers_eager_attention():
         scaling=0.3,
         softcap=2.0,
     )
-    got = attend(q, k, v, pos, scale=0.3, window=4, softcap=2.0)
+    got = attend(q, k, v, visible(T, pos, 4, "cpu"), scale=0.3, softcap=2.0)
     torch.testing.assert_close(got, want[0], rtol=1e-5, atol=1e-6)

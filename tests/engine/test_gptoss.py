@@ -172,7 +172,7 @@ def test_attention_sinks_and_window_equal_transformers_eager_attention():
         mask[None, None],
         scaling=0.25,
     )
-    got = attend(q, k, v, pos, scale=0.25, window=4, sinks=sinks)
+    got = attend(q, k, v, visible(T, pos, 4, "cpu"), scale=0.25, sinks=sinks)
     torch.testing.assert_close(got, want[0], rtol=1e-5, atol=1e-6)
 
 

@@ -97,15 +97,17 @@ def test_quantized_logits_equal_transformers_on_the_same_file(moe, arch, qtype):
         eng.close()
 
 
-def test_greedy_decode_equals_transformers(moe):
-    """Decode routes one token at a time through the KV cache: 12 greedy tokens as transformers."""
+@pytest.mark.parametrize(("resident", "graphs"), [(0, False), (None, True)])
+def test_greedy_decode_equals_transformers(moe, resident, graphs):
+    """Decode routes one token at a time through the KV cache: 12 greedy tokens as transformers. With
+    decode graphs on and everything resident, the MoE layers stay eager: only the head is a run."""
     import transformers
 
     hf, path = moe("qwen3moe")
     model = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
     with torch.inference_mode():
         ref = model.generate(torch.tensor([PROMPT]), max_new_tokens=12, min_new_tokens=12, do_sample=False)
-    eng = Engine.load(path, EngineConfig(device="cpu", resident_layers=0, n_ctx=64))
+    eng = Engine.load(path, EngineConfig(device="cpu", resident_layers=resident, n_ctx=64, graphs=graphs))
     try:
         from ollama_airllm.engine import SamplingParams
 
@@ -113,6 +115,8 @@ def test_greedy_decode_equals_transformers(moe):
     finally:
         eng.close()
     assert res.tokens == ref[0, len(PROMPT) :].tolist()
+    n = eng.info.n_layer
+    assert (eng.info.graphs.runs == [(n, n + 1)]) if graphs else eng.info.graphs is None
 
 
 # --- bad expert metadata and tensors: one clear line ----------------------------------------------------

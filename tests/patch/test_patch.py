@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PATCH = ROOT / "airllm.patch"
 GO_PACKAGE = ROOT / "runner" / "airllmrunner"
 
-NEW_FILES = {"llm/airllm.go"}
+NEW_FILES = {"llm/airllm.go", "llm/airllm_plan_test.go"}
 CHANGED_FILES = {"llm/server.go", "llm/llama_server.go"}
 MAX_CHANGED_LINES_IN_EXISTING_FILES = 8
 
@@ -32,7 +32,7 @@ def test_git_apply_stat_parses_the_patch(tool):
     listed = {line.split("|")[0].strip() for line in result.stdout.splitlines() if "|" in line}
     assert listed == NEW_FILES | CHANGED_FILES
     summary = subprocess.run([git, "apply", "--summary", str(PATCH)], capture_output=True, text=True)
-    assert summary.stdout.split() == ["create", "mode", "100644", "llm/airllm.go"]
+    assert summary.stdout.splitlines() == [f" create mode 100644 {path}" for path in sorted(NEW_FILES)]
 
 
 def test_patch_touches_only_the_expected_files():

@@ -16,7 +16,6 @@ from ollama_airllm.plan.model import read_model
 from tests.patch.conftest import required_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-GO_TEST = Path(__file__).parent / "go" / "airllm_plan_test.go"
 OLLAMA = "github.com/ollama/ollama@v0.34.4"
 GiB = 2**30
 NUM_CTX = 32768
@@ -24,7 +23,8 @@ NUM_CTX = 32768
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    """Ollama v0.34.4 from the Go module cache, with airllmrunner copied in and airllm.patch applied."""
+    """Ollama v0.34.4 from the Go module cache, with airllmrunner copied in and airllm.patch applied
+    (which creates llm/airllm_plan_test.go, the Go side of these tests)."""
     go, patch = required_tool("go"), required_tool("patch")
     found = subprocess.run(
         [go, "mod", "download", "-json", OLLAMA], capture_output=True, text=True, timeout=600
@@ -42,8 +42,25 @@ def tree(tmp_path_factory) -> Path:
     subprocess.run(
         [patch, "-d", str(tree), "-Np1", "-i", str(ROOT / "airllm.patch")], check=True, capture_output=True
     )
-    shutil.copy(GO_TEST, tree / "llm" / GO_TEST.name)
     return tree
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "AIRLLM_"))}
+
+
+def _run_patch_tests(tree: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`go test` of the patch's TestAirLLM* in llm/, which must pass."""
+    result = subprocess.run(
+        [required_tool("go"), "test", "-count=1", "-run", "^TestAirLLM", "-v", "./llm/"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
 
 
 def _go_test(
@@ -52,7 +69,7 @@ def _go_test(
     info = read_model(model, model.name, NUM_CTX, 1)
     decision = fit.decide(fit.FitInput(info.model_bytes, (fit.GPU(free),), -1, ram, info.facts), env)
     test_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "AIRLLM_"))},
+        **_clean_env(),
         **env,
         "OLLAMA_AIRLLM_CALIBRATION": str(tree / "no-calibration.json"),
         "OLLAMA_AIRLLM_RUNNER": "/bin/sh",
@@ -63,15 +80,7 @@ def _go_test(
         "AIRLLM_TEST_WANT_N": str(decision.n_cpu_moe),
         "AIRLLM_TEST_WANT_RUNNER": "/bin/sh" if decision.airllm else "",
     }
-    result = subprocess.run(
-        [required_tool("go"), "test", "-count=1", "-run", "^TestAirLLM", "-v", "./llm/"],
-        cwd=tree,
-        env=test_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    result = _run_patch_tests(tree, test_env)
     assert "--- PASS: TestAirLLMDecisionMatchesThePlanner" in result.stdout, result.stdout[-2000:]
     return decision
 
@@ -92,3 +101,11 @@ def test_models_that_fit_or_go_to_the_runner_get_no_n_cpu_moe(tree, tmp_path, gg
     assert _go_test(tree, moe, 12 * GiB, 64 * GiB, {"OLLAMA_AIRLLM_TAKEOVER": "over-vram"}).airllm
     assert _go_test(tree, dense, 24 * GiB, 16 * GiB, {}).airllm  # beyond RAM + VRAM
     assert _go_test(tree, moe, 12 * GiB, 64 * GiB, {"OLLAMA_AIRLLM": "0"}).n_cpu_moe == 0
+
+
+@pytest.mark.slow
+def test_the_patch_tests_skip_without_a_model(tree):
+    """A plain `go test ./llm/` (a PKGBUILD check()) passes: without AIRLLM_TEST_MODEL both tests skip."""
+    result = _run_patch_tests(tree, _clean_env())
+    for name in ("TestAirLLMDecisionMatchesThePlanner", "TestAirLLMStartsLlamaServerWithTheArguments"):
+        assert f"--- SKIP: {name}" in result.stdout, result.stdout[-2000:]

@@ -118,6 +118,10 @@ def test_package_environment_reaches_the_engine():
 
     with pytest.raises(UsageError, match="OLLAMA_AIRLLM_VRAM_RESERVE_MIB='lots'"):
         engine_config(parse_args(["-m", "x"]), {"OLLAMA_AIRLLM_VRAM_RESERVE_MIB": "lots"})
+    graphs = {v: engine_config(parse_args(["-m", "x"]), {"OLLAMA_AIRLLM_GRAPHS": v}).graphs for v in "01"}
+    assert graphs == {"0": False, "1": True} and engine_config(parse_args(["-m", "x"]), {}).graphs is None
+    with pytest.raises(UsageError, match="OLLAMA_AIRLLM_GRAPHS='yes' is not valid: use 0"):
+        engine_config(parse_args(["-m", "x"]), {"OLLAMA_AIRLLM_GRAPHS": "yes"})
 
 
 @pytest.mark.parametrize(

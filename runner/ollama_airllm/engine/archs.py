@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from gguf import GGUFValueType as T
 
-from .attention import attend
+from .attention import Placement, attend
 from .linear import linear
 from .rope import Rope
 
@@ -139,11 +139,11 @@ def gemma_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return (h * w.float()).type_as(x)
 
 
-def layer(tf, w: dict, x: torch.Tensor, cache, i: int, pos: int) -> torch.Tensor:
+def layer(tf, w: dict, x: torch.Tensor, cache, i: int, at: Placement) -> torch.Tensor:
     """One gemma3 / gpt-oss layer of the Transformer `tf` (its spec, rope tables and FFN)."""
     spec, eps = tf.spec, tf.spec.rms_eps
     if spec.arch == "gemma3":
-        a = _attention(tf, w, gemma_norm(x, w["attn_norm.weight"], eps), cache, i, pos, gemma_norm)
+        a = _attention(tf, w, gemma_norm(x, w["attn_norm.weight"], eps), cache, i, at, gemma_norm)
         x = x + gemma_norm(a, w["post_attention_norm.weight"], eps)
         h = gemma_norm(x, w["ffn_norm.weight"], eps)
         f = linear(
@@ -153,11 +153,11 @@ def layer(tf, w: dict, x: torch.Tensor, cache, i: int, pos: int) -> torch.Tensor
         return x + gemma_norm(f, w["post_ffw_norm.weight"], eps)
     from .model import rms_norm
 
-    x = x + _attention(tf, w, rms_norm(x, w["attn_norm.weight"], eps), cache, i, pos, rms_norm)
+    x = x + _attention(tf, w, rms_norm(x, w["attn_norm.weight"], eps), cache, i, at, rms_norm)
     return x + tf._ffn(w, rms_norm(x, w["post_attention_norm.weight"], eps), i)
 
 
-def _attention(tf, w: dict, h: torch.Tensor, cache, i: int, pos: int, norm) -> torch.Tensor:
+def _attention(tf, w: dict, h: torch.Tensor, cache, i: int, at: Placement, norm) -> torch.Tensor:
     """Self-attention of layer i: biases, q/k norms, this layer's rope, window, sinks and soft-cap."""
     spec, lay = tf.spec, tf.spec.layout
     T, nh, nkv, hd = h.shape[0], spec.n_head, spec.n_head_kv, spec.head_dim
@@ -169,16 +169,14 @@ def _attention(tf, w: dict, h: torch.Tensor, cache, i: int, pos: int, norm) -> t
     if "attn_q_norm.weight" in w:
         q = norm(q, w["attn_q_norm.weight"], spec.rms_eps)
         k = norm(k, w["attn_k_norm.weight"], spec.rms_eps)
-    q, k = tf.rotate(i, pos, q, k)
-    cache.k[i, :, pos : pos + T] = k.transpose(0, 1)
-    cache.v[i, :, pos : pos + T] = v.transpose(0, 1)
+    q, k = tf.rotate(i, at, q, k)
+    keys, values = at.keep(cache, i, k, v)
     o = attend(
         q,
-        cache.k[i, :, : pos + T],
-        cache.v[i, :, : pos + T],
-        pos,
+        keys,
+        values,
+        at.mask(lay.layers[i].window, q.device),
         scale=lay.q_scale,
-        window=lay.layers[i].window,
         sinks=w.get("attn_sinks.weight"),
         softcap=lay.attn_softcap,
     )

@@ -1,10 +1,10 @@
 """The device memory budget: what a load needs besides resident weights, and which units to keep resident.
 
 Counted before any weight is made resident: the reserve, the KV caches of every slot, the work buffers
-(prefill's reused dequantization buffer, and on the CPU numpy's temporaries for one chunk), the
-activations of one n_batch chunk (hidden states of a whole context, attention scores, the FFN
-intermediate, the logits) and, when not every unit fits, the two staging slots and (MoE) room for one
-layer's fetched experts (CUDA).
+(prefill's reused dequantization buffer, as wide as the widest matrix or MoE expert slice, and on the CPU
+numpy's temporaries for one chunk), the activations of one n_batch chunk (hidden states of a whole
+context, attention scores, the FFN intermediate, the logits) and, when not every unit fits, the two
+staging slots and (MoE) room for one layer's fetched experts (CUDA).
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ class EngineConfig:
     compression: HF-directory path only (airllm): None | "8bit" | "4bit".
     dtype: compute dtype; None = float32 on cpu, bfloat16 on cuda (float16 where bf16 is unsupported).
     hf_split_dir: where airllm writes its per-layer split of an HF checkpoint (None = inside the checkpoint).
+    graphs: decode the resident layers through captured CUDA/HIP graphs (None = on a GPU; True on the CPU
+        runs the same fixed-shape steps without capture; GGUF files only).
     """
 
     device: str = "auto"
@@ -42,6 +44,7 @@ class EngineConfig:
     compression: Literal["8bit", "4bit"] | None = None
     dtype: str | None = None
     hf_split_dir: str | None = None
+    graphs: bool | None = None
 
     def __post_init__(self) -> None:
         if self.n_slots < 1:

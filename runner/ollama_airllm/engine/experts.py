@@ -5,9 +5,11 @@ tensor, so it is sliced from the mapped file without touching the other experts.
 
 - Resident experts (those of the layers the budget keeps on the device) are used in place.
 - CUDA/HIP: other experts are copied from the mapped file to the device and kept in an LRU cache whose
-  capacity is the budget's share for experts; a hit costs no transfer.
+  capacity is the budget's share for experts; a hit costs no transfer. Block types are QWeights made by
+  the WeightStore (its shared work buffer, sized for the experts too, and its kernels backend).
 - CPU: the mapped file is the cache (the page cache holds it), so plan_experts gives no LRU cache and a
-  fetch uses the mapped bytes; an expert that is not resident counts as read.
+  fetch uses the mapped bytes (dense: F32 in place, other types dequantized; no QWeight, so no work
+  buffer); an expert that is not resident counts as read.
 - fetch_all (airllm's way, for the benchmark): every expert of a streamed layer is read on each pass, and
   only the routed ones are computed.
 
@@ -21,11 +23,12 @@ from collections import OrderedDict
 
 import torch
 
-from .dequant import FLOAT_VIEWS, dequantize, row_bytes
+from .dequant import FLOAT_VIEWS, dequantize
 from .gguf_file import GGUFModel, TensorRef
 from .linear import QWeight
 from .moe import Expert
 from .types import ExpertStats
+from .weights import WeightStore
 
 STACKS = ("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight")
 BIASES = ("ffn_gate_exps.bias", "ffn_up_exps.bias", "ffn_down_exps.bias")
@@ -72,19 +75,22 @@ class ExpertStore:
 
     def __init__(
         self,
-        model: GGUFModel,
-        device: torch.device,
-        dtype: torch.dtype,
+        weights: WeightStore,
         resident_layers: set[int],
         cache_bytes: int = 0,
         fetch_all: bool = False,
     ) -> None:
+        """weights: the model's WeightStore. The experts live on its device in its dtype, follow its
+        staging (blocks on the device) and their QWeights share its work buffer and kernels backend."""
+        model = weights.model
         moe = model.spec.moe
         if moe is None:
             raise ValueError(f"{model.path}: not a mixture-of-experts model")
         self.model = model
-        self.device = device
-        self.dtype = dtype
+        self.device = weights.device
+        self.dtype = weights.dtype
+        self._blocks = weights.staged
+        self._qweight = weights.qweight
         self.layers = moe_layers(model)
         self._first = self.layers[0]
         self._size = {i: expert_bytes(model, i) for i in self.layers}
@@ -166,16 +172,16 @@ class ExpertStore:
         return self.model.raw(ref)[e * per : (e + 1) * per]
 
     def _weight(self, ref: TensorRef, e: int, copy: bool) -> torch.Tensor | QWeight:
-        """Expert e's 2-D weight of a stack. CPU: dense (F32 in place unless `copy`); CUDA: on the device,
-        block types as QWeight."""
+        """Expert e's 2-D weight of a stack. CPU: dense (F32 in place unless `copy`); CUDA (staged): on
+        the device, block types as QWeight."""
         raw, shape = self._slice(ref, e), tuple(ref.shape[1:])
-        if self.device.type != "cuda":
+        if not self._blocks:
             w = dequantize(raw, ref.qtype, shape, self.dtype)
             return w.clone() if copy and self.model.is_file_view(w) else w
-        raw = raw.to(self.device)
+        raw = raw.to(self.device, copy=copy)
         if ref.qtype in FLOAT_VIEWS:
             return dequantize(raw, ref.qtype, shape, self.dtype)
-        return QWeight(raw.view(shape[0], row_bytes(ref.qtype, shape[1])), ref.qtype, shape)
+        return self._qweight(raw, ref.qtype, shape)
 
     def _load(self, layer: int, e: int, copy: bool) -> Expert:
         refs = self.model.layers[layer]
@@ -199,11 +205,10 @@ def _nbytes(x: torch.Tensor | QWeight) -> int:
     return t.numel() * t.element_size()
 
 
-def build_expert_store(
-    model: GGUFModel, resident_units: set[int], budget_left: int, device: torch.device, dtype: torch.dtype
-) -> ExpertStore | None:
-    """The ExpertStore of a MoE model (plan_experts within `budget_left`), None for a dense one."""
+def build_expert_store(model: GGUFModel, weights: WeightStore, budget_left: int) -> ExpertStore | None:
+    """The ExpertStore of a MoE model beside its WeightStore (plan_experts within `budget_left`, for
+    the experts of the store's resident layers), None for a dense one."""
     if model.spec.moe is None:
         return None
-    layers, cache = plan_experts(model, resident_units, budget_left, device.type == "cuda", dtype)
-    return ExpertStore(model, device, dtype, layers, cache)
+    layers, cache = plan_experts(model, weights.resident, budget_left, weights.staged, weights.dtype)
+    return ExpertStore(weights, layers, cache)

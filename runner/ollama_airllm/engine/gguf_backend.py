@@ -13,7 +13,7 @@ from .gguf_file import GGUFModel, open_gguf
 from .model import KVCache, Transformer
 from .tokenizer import Tokenizer, from_gguf_metadata
 from .types import EngineInfo, build_info
-from .weights import WeightStore, build_units, is_expert_tensor
+from .weights import WeightStore, build_units
 
 
 def load_gguf(path: Path, config: EngineConfig, device: torch.device, dtype: torch.dtype):
@@ -23,7 +23,7 @@ def load_gguf(path: Path, config: EngineConfig, device: torch.device, dtype: tor
     n_ctx = config.context_for(model.spec.n_ctx_train)
     kv_bytes = KVCache.bytes_for(model.spec, n_ctx, dtype) * config.n_slots
     units = build_units(model, dtype)
-    expert_layers = [sum(r.nbytes for k, r in refs.items() if is_expert_tensor(k)) for refs in model.layers]
+    expert_layers = [sum(r.nbytes for r in u.experts.values()) for u in units]
     need = needs(model.spec, units, config, n_ctx, device, dtype, kv_bytes, expert_layers)
     if config.memory_budget is not None:
         budget = int(config.memory_budget)
@@ -32,11 +32,13 @@ def load_gguf(path: Path, config: EngineConfig, device: torch.device, dtype: tor
     resident = choose_resident(units, config, max(budget, 0), resident_cost(device))
     store = WeightStore(model, device, dtype, resident)
     left = max(budget, 0) - sum(resident_cost(device)(units[i]) for i in resident)  # the experts' share
-    experts = build_expert_store(model, resident, left, device, dtype)  # None for a dense model
-    transformer = Transformer(model.spec, store, n_ctx, config.n_batch, experts)
+    experts = build_expert_store(model, store, left)  # None for a dense model
+    transformer = Transformer(model.spec, store, n_ctx, config.n_batch, experts, config.graphs)
     backend = GGUFBackend(model, store, transformer, tokenizer, device, dtype)
     info = _info(model, store, tokenizer, config, device, dtype, n_ctx=n_ctx, kv_bytes=kv_bytes)
     info.compute_bytes = need.compute
+    if transformer.graphs is not None:
+        info.graphs = transformer.graphs.stats
     if experts is not None:
         info.experts = experts.stats
         info.resident_bytes += experts.resident_bytes()

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from . import archs
 from . import rope as rotary
+from .attention import Placement, Span
 from .gguf_file import ModelSpec
+from .graphs import DecodeGraphs
 from .linear import linear
 from .moe import moe_ffn
 from .types import Cancelled, kv_cache_bytes
@@ -76,7 +77,10 @@ class Transformer:
         max_ctx: int,
         n_batch: int,
         experts: ExpertStore | None = None,
+        graphs: bool | None = None,
     ) -> None:
+        """graphs: one-token decode through graphs.DecodeGraphs (None: where the device captures them, CUDA
+        and HIP; True on the CPU runs the same fixed-shape steps eagerly)."""
         self.spec = spec
         self.store = store
         self.n_batch = n_batch
@@ -87,7 +91,8 @@ class Transformer:
             ropes = [a.rope for a in spec.layout.layers]
         made = {r: rotary.tables(r, spec.head_dim, max_ctx, dev, dt, store.rope_freqs) for r in set(ropes)}
         self.layer_rope = [made[r] for r in ropes]
-        self.cos, self.sin = self.layer_rope[0]
+        capture = dev.type == "cuda"
+        self.graphs = DecodeGraphs(self, capture) if (capture if graphs is None else graphs) else None
 
     def forward(
         self,
@@ -102,17 +107,27 @@ class Transformer:
         want: "last" -> logits of the last token [n_vocab]; "all" -> logits [T, n_vocab];
         "hidden" -> final normalized hidden states [T, n_embd]. Raises Cancelled between layers.
         cache None: attention only within `tokens` (a temporary cache is used).
+        A slot's one-token "last" step goes through the decode graphs' resident runs, where there are any.
         """
         spec, store = self.spec, self.store
+        one = len(tokens) == 1 and want == "last" and cache is not None  # a decode step of a slot
+        graphs = self.graphs if one and self.graphs is not None and self.graphs.runs else None
         if cache is None:
             cache = KVCache.allocate(spec, start + len(tokens), store.device, store.dtype)
         with torch.inference_mode():
             x = store.embed(tokens)
             if spec.layout is not None and spec.layout.embed_scale is not None:  # gemma3, compute dtype
                 x = x * torch.tensor(spec.layout.embed_scale, dtype=x.dtype)
-            for i in range(spec.n_layer):
+            i = -1
+            while (i := i + 1) < spec.n_layer:
                 if should_stop is not None and should_stop():
                     raise Cancelled
+                if graphs is not None and i in graphs.runs:
+                    store.prefetch(store.next_streamed(i))
+                    x, i = graphs.run(i, x, cache, start), graphs.runs[i] - 1
+                    if i == spec.n_layer:  # the run ended with the head: x holds the logits
+                        return x.clone()
+                    continue
                 w = store.get(i)
                 try:
                     store.prefetch(store.next_streamed(i))
@@ -120,13 +135,16 @@ class Transformer:
                         if c0 and should_stop is not None and should_stop():
                             raise Cancelled  # long prompts: also between chunks of one layer
                         c1 = min(c0 + self.n_batch, len(tokens))
-                        x[c0:c1] = self._layer(w, x[c0:c1], cache, i, start + c0)
+                        x[c0:c1] = self._layer(w, x[c0:c1], cache, i, Span(start + c0, c1 - c0))
                 finally:
                     del w
                     store.done(i)  # after the layer's kernels are queued (CUDA: frees its staging slot)
             if should_stop is not None and should_stop():
                 raise Cancelled
             head = spec.n_layer
+            if graphs is not None and head in graphs.runs:
+                store.prefetch(store.next_streamed(head))
+                return graphs.run(head, x, cache, start).clone()
             w = store.get(head)
             try:
                 store.prefetch(store.next_streamed(head))  # the next pass's first streamed layer
@@ -135,10 +153,9 @@ class Transformer:
                 del w
                 store.done(head)
 
-    def rotate(self, i: int, pos: int, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q [T, n_head, hd] and k [T, n_head_kv, hd] rotated by layer i's rope at positions pos.."""
-        cos, sin = self.layer_rope[i]
-        cos, sin = cos[pos : pos + q.shape[0], None, :], sin[pos : pos + q.shape[0], None, :]
+    def rotate(self, i: int, at: Placement, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q [T, n_head, hd] and k [T, n_head_kv, hd] rotated by layer i's rope at the chunk's positions."""
+        cos, sin = (at.rows(t) for t in self.layer_rope[i])
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
     def _head(self, w: dict[str, torch.Tensor], x: torch.Tensor, want: str) -> torch.Tensor:
@@ -155,20 +172,16 @@ class Transformer:
         out = archs.head_logits(self, out)
         return out[0] if want == "last" else out
 
-    def _layer(
-        self, w: dict[str, torch.Tensor], x: torch.Tensor, cache: KVCache, i: int, pos: int
-    ) -> torch.Tensor:
-        """One repeating layer: x + attention(norm(x)), then + ffn(norm(x))."""
+    def _layer(self, w: dict, x: torch.Tensor, cache: KVCache, i: int, at: Placement) -> torch.Tensor:
+        """One repeating layer at the chunk's placement: x + attention(norm(x)), then + ffn(norm(x))."""
         if self.spec.layout is not None:  # gemma3 / gpt-oss
-            return archs.layer(self, w, x, cache, i, pos)
+            return archs.layer(self, w, x, cache, i, at)
         eps = self.spec.rms_eps
-        x = x + self._attention(w, rms_norm(x, w["attn_norm.weight"], eps), cache, i, pos)
+        x = x + self._attention(w, rms_norm(x, w["attn_norm.weight"], eps), cache, i, at)
         return x + self._ffn(w, rms_norm(x, w["ffn_norm.weight"], eps), i)
 
-    def _attention(
-        self, w: dict[str, torch.Tensor], h: torch.Tensor, cache: KVCache, i: int, pos: int
-    ) -> torch.Tensor:
-        """Self-attention of the normed hidden states h at positions pos.., through layer i's KV cache."""
+    def _attention(self, w: dict, h: torch.Tensor, cache: KVCache, i: int, at: Placement) -> torch.Tensor:
+        """Self-attention of the normed hidden states h at the chunk's placement, through layer i's cache."""
         spec = self.spec
         T, nh, nkv, hd = h.shape[0], spec.n_head, spec.n_head_kv, spec.head_dim
         q = linear(h, w["attn_q.weight"], w.get("attn_q.bias")).view(T, nh, hd)
@@ -180,20 +193,15 @@ class Transformer:
         if "attn_q_norm.weight" in w:
             q = rms_norm(q, w["attn_q_norm.weight"], spec.rms_eps)
             k = rms_norm(k, w["attn_k_norm.weight"], spec.rms_eps)
-        cos, sin = self.cos[pos : pos + T, None, :], self.sin[pos : pos + T, None, :]
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        cache.k[i, :, pos : pos + T] = k.transpose(0, 1)
-        cache.v[i, :, pos : pos + T] = v.transpose(0, 1)
-        keys, values = cache.k[i, :, : pos + T], cache.v[i, :, : pos + T]
-        # chunk at offset pos attends to every cached key up to its own position: a lower-right causal mask
-        mask = causal_lower_right(T, pos + T) if T > 1 and pos > 0 else None
+        q, k = self.rotate(i, at, q, k)
+        keys, values = at.keep(cache, i, k, v)
+        mask, causal = at.causal()
         o = F.scaled_dot_product_attention(
             q.transpose(0, 1)[None],
             keys[None],
             values[None],
             attn_mask=mask,
-            is_causal=T > 1 and pos == 0,
+            is_causal=causal,
             enable_gqa=nkv != nh,
         )
         o = o[0].transpose(0, 1).reshape(T, nh * hd)

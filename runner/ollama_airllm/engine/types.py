@@ -12,6 +12,7 @@ from .config import EngineConfig, device_name, dtype_name
 from .sampling import TokenProbs
 
 if TYPE_CHECKING:
+    from .graphs import GraphStats
     from .tokenizer import Tokenizer
 
 
@@ -113,6 +114,7 @@ class EngineInfo:
     eog_ids: tuple[int, ...] = ()
     experts: ExpertStats | None = None  # MoE models only (live counters)
     compute_bytes: int = 0  # work buffers + activations (llama.cpp's compute buffer)
+    graphs: GraphStats | None = None  # decode graphs of the resident runs (live counters)
 
 
 def build_info(

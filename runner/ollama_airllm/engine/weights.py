@@ -6,7 +6,8 @@ weights and biases (1-D, tiny) of every unit are kept dense on the device from t
 
 Matrices are handed out as dense tensors or as `QWeight`s (still in their GGUF blocks, multiplied by the
 kernels package: a GEMV on the blocks for a few tokens, chunked dequantization into one reused work buffer
-and a GEMM for more).
+and a GEMM for more). The work buffer is as wide as the widest matrix, MoE experts included: the
+ExpertStore makes its QWeights with qweight() too, so no matmul allocates one of its own.
 
 CPU: resident units are dequantized once (F32 is copied, like a model loaded into RAM); streamed units
 use the mapped bytes in place: F32 as a zero-copy dense view, every other type as a QWeight over the
@@ -29,6 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import torch
+from gguf import GGMLQuantizationType
 
 from .. import kernels
 from .dequant import FLOAT_VIEWS, backend_for, dequantize, row_bytes
@@ -49,8 +51,11 @@ def chunk_rows(device: torch.device) -> int:
 
 
 def max_cols(units: list[Unit]) -> int:
-    """The widest matrix's column count (k of its matmul)."""
-    return max((r.shape[1] for u in units for r in u.refs.values() if len(r.shape) == 2), default=0)
+    """The widest matrix's column count (k of its matmul), over the units' matrices and the slices
+    [rows, cols] that one expert takes of their 3-D expert stacks."""
+    dense = (r.shape[1] for u in units for r in u.refs.values() if _is_matrix(r))
+    experts = (r.shape[2] for u in units for r in u.experts.values() if len(r.shape) == 3)
+    return max((*dense, *experts), default=0)
 
 
 def work_buffer_bytes(units: list[Unit], device: torch.device) -> int:
@@ -60,12 +65,16 @@ def work_buffer_bytes(units: list[Unit], device: torch.device) -> int:
 
 @dataclass
 class Unit:
-    """A group of tensors loaded together: one repeating layer, or the head. Bytes: raw in file / dense."""
+    """A group of tensors loaded together: one repeating layer, or the head. Bytes: raw in file / dense.
+
+    experts: the layer's MoE expert tensors, fetched per routed expert by the ExpertStore (not loaded with
+    the unit, not counted in its bytes)."""
 
     index: int
     refs: dict[str, TensorRef]
     raw_bytes: int
     dense_bytes: int
+    experts: dict[str, TensorRef] = field(default_factory=dict)
 
 
 def staged_bytes(u: Unit) -> int:
@@ -88,9 +97,10 @@ def build_units(model: GGUFModel, dtype: torch.dtype) -> list[Unit]:
     units = []
     for i, all_refs in enumerate([*model.layers, head]):
         refs = {k: r for k, r in all_refs.items() if not is_expert_tensor(k)}
+        experts = {k: r for k, r in all_refs.items() if is_expert_tensor(k)}
         raw = sum(r.nbytes for r in refs.values())
         dense = sum(r.numel * itemsize for r in refs.values())
-        units.append(Unit(i, refs, raw, dense))
+        units.append(Unit(i, refs, raw, dense, experts))
     return units
 
 
@@ -171,6 +181,18 @@ class WeightStore:
             return sum(s.dev.numel() for s in self._staging)
         return 0
 
+    @property
+    def staged(self) -> bool:
+        """Whether matrices are blocks copied to the device (CUDA; forced on the CPU by tests)."""
+        return self._staged
+
+    def qweight(self, raw: torch.Tensor, qtype: GGMLQuantizationType, shape: tuple[int, int]) -> QWeight:
+        """A QWeight over `raw` (the blocks of a [rows, cols] matrix, on the device) that dequantizes into
+        the shared work buffer with this store's kernels backend."""
+        rows, k = shape
+        work = self._work[: self._chunk * k].view(self._chunk, k)
+        return QWeight(raw.view(rows, -1), qtype, (rows, k), work, self._backend)
+
     def work_bytes(self) -> int:
         """The reused dequantization buffer's bytes."""
         return self._work.numel() * self._work.element_size()
@@ -239,13 +261,6 @@ class WeightStore:
 
     # --- internals ---------------------------------------------------------------------------------------
 
-    def _work_for(self, k: int) -> torch.Tensor:
-        return self._work[: self._chunk * k].view(self._chunk, k)
-
-    def _qweight(self, raw: torch.Tensor, r: TensorRef) -> QWeight:
-        rows, k = r.shape
-        return QWeight(raw.view(rows, -1), r.qtype, (rows, k), self._work_for(k), self._backend)
-
     def _load_small(self, u: Unit) -> dict[str, torch.Tensor]:
         """The unit's 1-D tensors (norms, biases), dense on the device."""
         return {
@@ -262,7 +277,10 @@ class WeightStore:
             if _is_matrix(r):
                 raw = self.model.raw(r)
                 dense = FLOAT_VIEWS.get(r.qtype) == self.dtype == torch.float32
-                out[k] = dequantize(raw, r.qtype, r.shape, self.dtype) if dense else self._qweight(raw, r)
+                if dense:
+                    out[k] = dequantize(raw, r.qtype, r.shape, self.dtype)
+                else:
+                    out[k] = self.qweight(raw, r.qtype, r.shape)
         return out
 
     def _load_resident(self, u: Unit) -> dict[str, torch.Tensor | QWeight]:
@@ -273,7 +291,7 @@ class WeightStore:
                 out[k] = t.clone() if self.model.is_file_view(t) else t
                 continue
             if self._staged and r.qtype not in FLOAT_VIEWS:  # the blocks, on the device
-                out[k] = self._qweight(self.model.raw(r).to(self.device, copy=True), r)
+                out[k] = self.qweight(self.model.raw(r).to(self.device, copy=True), r.qtype, r.shape)
                 continue
             t = dequantize(self.model.raw(r).to(self.device), r.qtype, r.shape, self.dtype)
             out[k] = t.clone() if self.model.is_file_view(t) else t
@@ -338,7 +356,7 @@ class WeightStore:
                 s.pinned[pos:end].copy_(self.model.raw(r))
                 s.dev[pos:end].copy_(s.pinned[pos:end], non_blocking=True)
                 copied += r.nbytes
-                weights[k] = self._qweight(s.dev[pos:end], r)
+                weights[k] = self.qweight(s.dev[pos:end], r.qtype, r.shape)
                 pos = -(-end // ALIGN) * ALIGN
             s.ready.record(self._copy_stream)
         s.weights = weights

@@ -90,7 +90,17 @@ def load_lines(info) -> list[str]:
     ]
     if info.experts is not None:
         lines.append(expert_line(info.experts))
+    if info.graphs is not None and info.graphs.runs:
+        runs = ", ".join(_units(a, b, info.n_layer) for a, b in info.graphs.runs)
+        lines.append(f"load_tensors: decode graphs: {runs} replayed as one graph each")
     return lines
+
+
+def _units(a: int, b: int, n_layer: int) -> str:
+    """Units a..b-1 as text: "layers 0-39 + output", "layer 7", "output"."""
+    last = min(b, n_layer) - 1
+    text = "" if a == n_layer else f"layer {a}" if last == a else f"layers {a}-{last}"
+    return (f"{text} + output" if text else "output") if b > n_layer else text
 
 
 def expert_line(st) -> str:

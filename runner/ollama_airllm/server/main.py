@@ -46,6 +46,11 @@ def _env_settings(env) -> dict:
         out["compression"] = comp
     if env.get("OLLAMA_AIRLLM_CACHE_DIR"):
         out["hf_split_dir"] = env["OLLAMA_AIRLLM_CACHE_DIR"]
+    graphs = env.get("OLLAMA_AIRLLM_GRAPHS", "").strip()
+    if graphs not in ("", "0", "1"):
+        raise UsageError(f"OLLAMA_AIRLLM_GRAPHS={graphs!r} is not valid: use 0 (off) or 1 (on, the default)")
+    if graphs:
+        out["graphs"] = graphs == "1"
     reserve = env.get("OLLAMA_AIRLLM_VRAM_RESERVE_MIB", "").strip()
     if reserve:
         if not reserve.isdigit():
@@ -58,7 +63,7 @@ def _env_settings(env) -> dict:
 
 def engine_config(cfg: RunnerConfig, env=None):
     """EngineConfig from llama-server flags (-c is the total context, split evenly over -np slots) and the
-    OLLAMA_AIRLLM_* environment (compression, cache dir, VRAM reserve)."""
+    OLLAMA_AIRLLM_* environment (compression, cache dir, VRAM reserve, decode graphs)."""
     from ..engine import EngineConfig
 
     n_ctx = cfg.ctx_size // cfg.parallel if cfg.ctx_size else None

@@ -70,7 +70,8 @@ def props_json(runner) -> dict:
 
 
 def _engine(info) -> dict:
-    """The layer-streaming engine's residency; for a MoE model also its experts' traffic and cache."""
+    """The layer-streaming engine's residency; for a MoE model also its experts' traffic and cache; on a GPU
+    the decode graphs' runs and counters."""
     out = {
         "resident_layers": info.n_resident_layers,
         "streamed_layers": info.n_streamed_layers,
@@ -78,6 +79,8 @@ def _engine(info) -> dict:
     }
     if info.experts is not None:
         out["experts"] = info.experts.as_json()
+    if info.graphs is not None:
+        out["graphs"] = info.graphs.as_json()
     return out
 
 
