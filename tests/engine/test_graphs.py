@@ -9,6 +9,9 @@ logits and greedy tokens; (2) on the aten operations the step dispatches, record
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import pytest
 import torch
 from hypothesis import given
@@ -131,4 +134,48 @@ def test_the_load_log_and_props_name_the_runs(tiny_gguf):
     eng = _load(path, n_ctx=64, graphs=True)
     eng.generate(0, PROMPT, SamplingParams(**GREEDY))
     replayed = GREEDY["n_predict"] - 2
-    assert _engine(eng.info)["graphs"] == {"runs": [[0, 4]], "captured": 0, "replayed": replayed}
+    assert _engine(eng.info)["graphs"] == {"runs": [[0, 4]], "captured": 0, "replayed": replayed, "off": None}
+
+
+class _FailingCapture:
+    """Stand-ins for torch.cuda's capture API (no GPU here): recording fails as a driver without some
+    graph support fails it, when the capture ends."""
+
+    def __init__(self, *a, **k) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    def wait_stream(self, other) -> None:
+        pass
+
+
+def test_a_capture_that_fails_turns_the_graphs_off_and_decode_goes_on(tiny_gguf, monkeypatch, caplog):
+    """The capture API is a stand-in here (no GPU): the step's eager run stands, one warning is logged,
+    /props says why, and the tokens are the eager path's."""
+    from ollama_airllm.engine.graphs import DecodeGraphs
+
+    for name, value in (("graph_pool_handle", lambda: None), ("CUDAGraph", _FailingCapture),
+                        ("graph", _FailingCapture), ("Stream", _FailingCapture),
+                        ("current_stream", lambda device=None: _FailingCapture()),
+                        ("stream", lambda s: contextlib.nullcontext())):  # fmt: skip
+        monkeypatch.setattr(torch.cuda, name, value)
+    path = tiny_gguf("llama", "F32", n_layers=3)
+    want = _load(path, n_ctx=64, graphs=False).generate(0, PROMPT, SamplingParams(**GREEDY))
+    eng = _load(path, n_ctx=64, graphs=False)
+    tf = eng.backend.transformer
+    tf.graphs = DecodeGraphs(tf, capture=True)
+    eng.info.graphs = tf.graphs.stats
+    with caplog.at_level(logging.WARNING, logger="ollama_airllm.engine"):
+        got = eng.generate(0, PROMPT, SamplingParams(**GREEDY))
+    assert got.tokens == want.tokens
+    (warning,) = [r.getMessage() for r in caplog.records if "decode graphs off" in r.getMessage()]
+    assert warning == (
+        "decode graphs off, decoding eagerly: capturing units 0-3 failed: "
+        "CUDA error: operation not permitted when stream is capturing"
+    )
+    assert tf.graphs.runs == {} and eng.info.graphs.captured == 0 and eng.info.graphs.off in warning

@@ -9,18 +9,26 @@ cache rows under a mask, so one graph serves every position below its bucket. Bu
 more. Streamed layers stay eager (their weights arrive while the step runs), as do MoE layers (which
 experts a token needs is known only on the device).
 
+Each new graph is replayed once at once, for the step it was captured at; if that replay does not give what
+the eager run of the step gave, or the capture fails (a driver without some graph support), the graphs are
+turned off with one warning and decode goes on eagerly.
+
 capture=False runs the same fixed-shape step eagerly: the CPU tests prove it equal to the eager path.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from .attention import Fixed
 
+log = logging.getLogger("ollama_airllm.engine")
+
 FIRST_BUCKET = 256
+CHECK_RTOL = CHECK_ATOL = 1e-2  # a replay against the eager run of the same step: same kernels, same inputs
 BUCKET_STEP = 4096
 
 
@@ -56,9 +64,11 @@ class GraphStats:
     runs: list[tuple[int, int]]
     captured: int = 0
     replayed: int = 0
+    off: str | None = None  # why the graphs were turned off, if they were
 
     def as_json(self) -> dict:
-        return {"runs": [list(r) for r in self.runs], "captured": self.captured, "replayed": self.replayed}
+        return {"runs": [list(r) for r in self.runs], "captured": self.captured, "replayed": self.replayed,
+                "off": self.off}  # fmt: skip
 
 
 @dataclass
@@ -87,12 +97,14 @@ class DecodeGraphs:
     def run(self, first: int, x: torch.Tensor, cache, pos: int) -> torch.Tensor:
         """Units first..end-1 (one of self.runs) for the token x [1, n_embd] at `pos`: the hidden state
         after them, or the logits [n_vocab] when the run ends with the head. The result is this step's
-        buffer, valid until its next replay."""
+        buffer, valid until its next replay. Afterwards self.runs may be empty: the graphs were turned off."""
         length = bucket(pos + 1, cache.n_ctx)
         key = (cache.k.data_ptr(), cache.n_ctx, first, length)  # what the graph's addresses and strides are
         step = self._steps.get(key)
         if step is None:
-            step = self._steps[key] = self._make(first, x, cache, pos, length)
+            step = self._make(first, x, cache, pos, length)
+            if self.runs:  # not turned off
+                self._steps[key] = step
             return step.out
         step.x.copy_(x)
         step.pos.fill_(pos)
@@ -128,11 +140,26 @@ class DecodeGraphs:
         with torch.cuda.stream(side):
             out = self._units(first, step, cache, length)
         main.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: the prefetch thread keeps copying the next streamed unit while this thread records
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            step.out = self._units(first, step, cache, length)
-        step.out.copy_(out)
+        try:
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the prefetch thread goes on copying the next streamed unit while this one records
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                step.out = self._units(first, step, cache, length)
+            graph.replay()  # the same step again (its K/V rewritten with the same values)
+            if not torch.allclose(step.out.float(), out.float(), rtol=CHECK_RTOL, atol=CHECK_ATOL):
+                diff = (step.out.float() - out.float()).abs().max().item()
+                raise RuntimeError(f"its replay differs from the eager step by up to {diff:.3g}")
+        except RuntimeError as e:  # CUDA/HIP errors are RuntimeErrors
+            why = " ".join(str(e).split())
+            self._turn_off(f"capturing units {first}-{self.runs[first] - 1} failed: {why}")
+            step.out = out
+            return step
         step.graph = graph
         self.stats.captured += 1
         return step
+
+    def _turn_off(self, why: str) -> None:
+        log.warning("decode graphs off, decoding eagerly: %s", why)
+        self.stats.off = why
+        self.runs = {}
+        self._steps.clear()

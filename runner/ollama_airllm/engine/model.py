@@ -124,8 +124,9 @@ class Transformer:
                     raise Cancelled
                 if graphs is not None and i in graphs.runs:
                     store.prefetch(store.next_streamed(i))
-                    x, i = graphs.run(i, x, cache, start), graphs.runs[i] - 1
-                    if i == spec.n_layer:  # the run ended with the head: x holds the logits
+                    end = graphs.runs[i]
+                    x, i = graphs.run(i, x, cache, start), end - 1
+                    if end > spec.n_layer:  # the run ended with the head: x holds the logits
                         return x.clone()
                     continue
                 w = store.get(i)
