@@ -76,7 +76,7 @@ def dequantize(
         grid = (rows, triton.cdiv(k, DEQUANT_BLOCK))
         dequant_kernel[grid](
             raw, out, _kv(raw.device), k, raw.shape[1],
-            CODE=q.code, QK=q.block, BS=q.block_bytes, BLOCK=DEQUANT_BLOCK,
+            CODE=q.code, QK=q.block, BS=q.block_bytes, BLOCK=DEQUANT_BLOCK, SUB=q.sub,
         )  # fmt: skip
     return out
 
@@ -105,6 +105,7 @@ def gemv(x: torch.Tensor, raw: torch.Tensor, qtype_name: str, k: int) -> torch.T
         gemv_kernel[grid](
             raw, x, y, _kv(raw.device), n, k, raw.shape[1],
             CODE=q.code, QK=q.block, BS=q.block_bytes, BLOCK_N=GEMV_BLOCK_N, BLOCK_K=GEMV_BLOCK_K,
+            SUB=q.sub, EVEN_K=k % GEMV_BLOCK_K == 0,
         )  # fmt: skip
     return y
 

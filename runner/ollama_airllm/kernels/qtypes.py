@@ -15,6 +15,7 @@ class QType:
     code: int  # the kernels' constexpr switch
     block: int
     block_bytes: int
+    sub: int = 32  # values that share one decoded scale (the kernels' innermost tile dimension)
 
     def row_bytes(self, k: int) -> int:
         """Bytes of one row of `k` values; `k` must be a whole number of blocks."""
@@ -34,11 +35,11 @@ QTYPES = {
         QType("Q5_0", 5, 32, 22),
         QType("Q5_1", 6, 32, 24),
         QType("Q8_0", 7, 32, 34),
-        QType("Q2_K", 8, 256, 84),
-        QType("Q3_K", 9, 256, 110),
+        QType("Q2_K", 8, 256, 84, 16),
+        QType("Q3_K", 9, 256, 110, 16),
         QType("Q4_K", 10, 256, 144),
         QType("Q5_K", 11, 256, 176),
-        QType("Q6_K", 12, 256, 210),
+        QType("Q6_K", 12, 256, 210, 16),
         QType("IQ4_NL", 13, 32, 18),
         QType("IQ4_XS", 14, 256, 136),
         QType("MXFP4", 15, 32, 17),
