@@ -15,7 +15,8 @@ Measured, side by side (each after a warm-up that compiles the kernels):
 - decode_tok_s_streamed: every layer and the head streamed (resident_layers=0); bus_limit_tok_s =
   h2d / streamed_bytes_per_token (the layer and head tensor bytes, computed from the file written);
 - decode_tok_s_resident: every layer and the head resident, decoded through the captured decode graphs
-  (engine/graphs.py; the CPU has none); decode_tok_s_resident_eager: the same, launched from Python;
+  (engine/graphs.py; the CPU has none; "graphs" says what was captured and replayed, or why they were
+  turned off); decode_tok_s_resident_eager: the same, launched from Python;
 - dense_bf16_decode_tok_s: the same layer count as torch bf16 F.linear on resident dense weights
   (up to DENSE_DISTINCT distinct layers, as many as half the free memory holds, used in turn: each is far
   larger than the GPU's L2, so this reads as many bytes as distinct weights would);
@@ -420,6 +421,7 @@ def engine_run(path: Path, device: torch.device, work: Workload, prefill: bool =
         compute_bytes=i.compute_bytes, staging_bytes=i.staging_bytes,
         accounted_bytes=i.resident_bytes + i.kv_bytes + i.compute_bytes + i.staging_bytes,
         streamed_bytes_per_pass=i.streamed_bytes_per_pass,
+        graphs=None if i.graphs is None else i.graphs.as_json(),
     )  # fmt: skip
     del eng
     _release(device)
@@ -551,6 +553,7 @@ def summarize(m: dict, geom: Geometry, n_layers: int, wall_s: float) -> dict:
         "decode_tok_s_resident": res_rate,
         "decode_tok_s_resident_eager": eager_rate,
         "graphs_speedup": _ratio(res_rate, eager_rate),
+        "graphs": resident.get("graphs"),  # runs, captures, replays; why they were turned off, if they were
         "dense_bf16_decode_tok_s": dense,
         "resident_vs_dense_bf16": _ratio(res_rate, dense),
         "prefill_tokens": m["work"].prefill_tokens,

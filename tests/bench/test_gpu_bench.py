@@ -20,7 +20,7 @@ KEYS = (
     "device", "h2d_pinned_gbps", "streamed_bytes_per_token", "decode_tok_s_streamed", "bus_limit_tok_s",
     "ratio_to_bus_limit", "decode_tok_s_resident", "dense_bf16_decode_tok_s", "prefill_tok_s_4k",
     "peak_device_bytes", "budget_bytes", "overhead_ms_per_layer", "targets", "n_layers", "wall_s",
-    "decode_tok_s_resident_eager", "graphs_speedup", "overhead_ms_per_layer_eager",
+    "decode_tok_s_resident_eager", "graphs_speedup", "overhead_ms_per_layer_eager", "graphs",
 )  # fmt: skip
 RATES = ("h2d_pinned_gbps", "decode_tok_s_streamed", "bus_limit_tok_s", "ratio_to_bus_limit",
          "decode_tok_s_resident", "dense_bf16_decode_tok_s", "prefill_tok_s_4k", "overhead_ms_per_layer",
