@@ -8,11 +8,13 @@ every GGUF type for NVIDIA sm_90 (SASS, from the cubin through the cuobjdump Tri
 gfx1100 (RX 7900 XTX, wave32) and gfx942 (MI300, wave64) (AMDGCN, from Triton's assembly), as Triton's
 JIT would build it for a real model: every pointer and size divisible by 16, K a whole number of tiles.
 Measured: the instructions of the kernel's inner loop (one pass over a BLOCK_N x BLOCK_K tile), divided by
-the weight values one lane handles in a pass. Where a GEMV is limited by issuing instructions rather than
-by memory (a GPU streams a 4.5-bit weight far faster than it runs tens of instructions on it), fewer is
-proportionally faster. A static count: no timing, and no claim about the caches.
+the weight values one lane handles in a pass; for Q6_K and Q3_K also on the padded blocks of a resident
+copy (kernels.resident_copy: 16-byte aligned, so the loads widen). Where a GEMV is limited by issuing
+instructions rather than by memory (a GPU streams a 4.5-bit weight far faster than it runs tens of
+instructions on it), fewer is proportionally faster. A static count: no timing, and no claim about the caches.
 Human-readable lines first; the last stdout line is one JSON object
-{"targets": [...], "instr_per_value": {target: {type: x}}, "loop_instrs": {...}, "errors": {...}}.
+{"targets": [...], "instr_per_value": {target: {type: x}}, "instr_per_value_resident": {...},
+"loop_instrs": {...}, "errors": {...}}.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ ARGS = {"w_ptr": "*u8", "x_ptr": "*bf16", "y_ptr": "*bf16", "kv_ptr": "*fp32", "
         "row_bytes": "i32"}  # fmt: skip
 
 
-def compile_gemv(name: str, target: GPUTarget):
-    """The GEMV kernel of type `name`, compiled for `target` with the JIT's specialization."""
+def compile_gemv(name: str, target: GPUTarget, stride: int):
+    """The GEMV kernel of type `name` on blocks `stride` bytes apart, compiled for `target` with the JIT's
+    specialization."""
     q = QTYPES[name]
-    consts = {"CODE": q.code, "QK": q.block, "BS": q.block_bytes, "BLOCK_N": GEMV_BLOCK_N,
+    consts = {"CODE": q.code, "QK": q.block, "BS": stride, "BLOCK_N": GEMV_BLOCK_N,
               "BLOCK_K": GEMV_BLOCK_K, "SUB": q.sub, "EVEN_K": True}  # fmt: skip
     names = gemv_kernel.arg_names
     signature = {a: ARGS.get(a, "constexpr") for a in names}
@@ -85,10 +88,10 @@ def amdgcn_loop(asm: str) -> int:
     return n
 
 
-def measure(name: str, target: str) -> tuple[int, float]:
+def measure(name: str, target: str, stride: int) -> tuple[int, float]:
     """(loop instructions, instructions per weight value per lane) of type `name` on `target`."""
     t = TARGETS[target]
-    k = compile_gemv(name, t)
+    k = compile_gemv(name, t, stride)
     n = sass_loop(k.asm["cubin"]) if t.backend == "cuda" else amdgcn_loop(k.asm["amdgcn"])
     per_lane = GEMV_BLOCK_N * GEMV_BLOCK_K / (k.metadata.num_warps * t.warp_size)
     return n, n / per_lane
@@ -114,20 +117,26 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     types, targets = _names(a.types, QTYPES, "types", p), _names(a.targets, TARGETS, "targets", p)
     per_value: dict[str, dict[str, float]] = {t: {} for t in targets}
+    resident: dict[str, dict[str, float]] = {t: {} for t in targets}
     loops: dict[str, dict[str, int]] = {t: {} for t in targets}
     errors: dict[str, str] = {}
     for target in targets:
         for name in types:
+            q = QTYPES[name]
             try:
-                loops[target][name], per_value[target][name] = measure(name, target)
+                loops[target][name], per_value[target][name] = measure(name, target, q.block_bytes)
+                if q.resident_stride:
+                    resident[target][name] = measure(name, target, q.resident_stride)[1]
             except Exception as e:  # a target whose toolchain is missing here: say so, go on
                 errors[f"{target}/{name}"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
         line = ", ".join(f"{n} {v:.1f}" for n, v in per_value[target].items())
-        print(f"{target}: instructions per weight value per lane: {line}")
+        padded = ", ".join(f"{n} {v:.1f}" for n, v in resident[target].items())
+        print(f"{target}: instructions per weight value per lane: {line}"
+              + (f"; resident (padded) copies: {padded}" if padded else ""))  # fmt: skip
     for what, why in errors.items():
         print(f"FAILED {what}: {why}")
     result = {"targets": targets, "triton": triton.__version__, "instr_per_value": per_value,
-              "loop_instrs": loops, "errors": errors}  # fmt: skip
+              "instr_per_value_resident": resident, "loop_instrs": loops, "errors": errors}  # fmt: skip
     print(json.dumps(result), flush=True)
     return 1 if errors else 0
 

@@ -19,7 +19,7 @@ CPU = torch.device("cpu")
 
 def _units(*sizes: tuple[int, int]) -> list[Unit]:
     """Units from (raw, dense) sizes; the last one is the head."""
-    return [Unit(i, {}, raw, dense) for i, (raw, dense) in enumerate(sizes)]
+    return [Unit(i, {}, raw, dense, raw) for i, (raw, dense) in enumerate(sizes)]
 
 
 def test_units_go_resident_by_bytes_saved_per_byte_of_budget():

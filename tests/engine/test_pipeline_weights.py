@@ -46,3 +46,26 @@ def test_cpu_units_are_dense_when_resident_and_mapped_blocks_when_streamed(tiny_
     store = WeightStore(f32, CPU, torch.float32, set())
     assert f32.is_file_view(store.get(1)["ffn_down.weight"])  # F32 streams as a zero-copy view
     store.close()
+
+
+def test_resident_q6_k_blocks_are_padded_to_16_bytes_and_multiply_the_same(fake_cuda, tiny_gguf):  # noqa: F811
+    """A resident Q6_K matrix on the device takes 224 bytes a block (16-byte aligned, for the GEMV's loads),
+    the budget counts those bytes, and its products equal the streamed (file-layout) copy's."""
+    from ollama_airllm.engine.budget import resident_cost
+    from ollama_airllm.engine.linear import linear
+
+    model = open_gguf(tiny_gguf("qwen3", "Q6_K", n_layers=2))
+    store = WeightStore(model, CPU, torch.float32, {0}, staged=True)
+    resident, streamed = store.get(0), store.get(1)
+    q = resident["ffn_down.weight"]
+    nb = q.shape[1] // 256
+    assert (q.stride, q.raw.shape) == (224, (q.shape[0], nb * 224))
+    assert streamed["ffn_down.weight"].stride is None
+    unit = store.units[0]
+    ref = model.layers[0]["ffn_down.weight"]
+    assert unit.device_bytes - unit.raw_bytes >= ref.nbytes // 210 * 14  # the padding is in the cost
+    assert resident_cost(torch.device("cuda"))(unit) == unit.device_bytes
+    x = torch.randn(20, q.shape[1], generator=torch.Generator().manual_seed(0))
+    padded, plain = linear(x, q), linear(x, store.qweight(model.raw(ref), ref.qtype, ref.shape))
+    torch.testing.assert_close(padded, plain, rtol=0, atol=0)
+    store.close()

@@ -18,12 +18,13 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_instructions_per_weight_for_nvidia_and_amd_targets():
-    out = _run("--types", "Q4_K,Q8_0,F16", "--targets", "sm_90,gfx1100")
+    out = _run("--types", "Q4_K,Q6_K,F16", "--targets", "sm_90,gfx1100")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["errors"] == {} and result["targets"] == ["sm_90", "gfx1100"]
     for target in ("sm_90", "gfx1100"):
-        assert set(result["instr_per_value"][target]) == {"Q4_K", "Q8_0", "F16"}
+        assert set(result["instr_per_value"][target]) == {"Q4_K", "Q6_K", "F16"}
+        assert set(result["instr_per_value_resident"][target]) == {"Q6_K"}  # padded to 224 bytes a block
         for name, x in result["instr_per_value"][target].items():
             assert 1 < x < 100, (target, name, x)  # a loop was found, and it is the GEMV's
             assert result["loop_instrs"][target][name] > 16

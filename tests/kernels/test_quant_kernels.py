@@ -8,7 +8,16 @@ import pytest
 import torch
 from gguf import GGML_QUANT_SIZES
 from ollama_airllm import kernels
-from ollama_airllm.kernels import GEMV_MAX_TOKENS, QTYPES, dequantize, gemv, matmul, qtype, work_buffer
+from ollama_airllm.kernels import (
+    GEMV_MAX_TOKENS,
+    QTYPES,
+    dequantize,
+    gemv,
+    matmul,
+    qtype,
+    resident_copy,
+    work_buffer,
+)
 from ollama_airllm.kernels.qtypes import GGML
 from ollama_airllm.kernels.testdata import random_blocks, reference
 
@@ -100,3 +109,32 @@ def test_the_numpy_path_calls_gguf_py_on_bounded_pieces(name, monkeypatch):
     ours = dequantize(torch.from_numpy(raw), name, k, backend="numpy").numpy()
     assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32))
     assert len(calls) == 10 and all(c[0] == 1 for c in calls)
+
+
+@pytest.mark.parametrize(("name", "stride"), [("Q6_K", 224), ("Q3_K", 112)])
+def test_padded_resident_blocks_read_the_same(name, stride):
+    """resident_copy pads each block to a 16-byte multiple; every path reads the padded copy exactly as
+    the file's blocks (dequantization bit for bit, GEMV and chunked GEMM, the numpy path)."""
+    k, rows = _k(name, 3), 37
+    raw = torch.from_numpy(random_blocks(name, rows, k, seed=5))
+    padded, got = resident_copy(raw, name, k)
+    assert got == stride and padded.shape == (rows, 3 * stride)
+    ref = reference(raw.numpy(), name, k)
+    for backend in ("triton", "numpy"):
+        ours = dequantize(padded, name, k, backend=backend, stride=stride).numpy()
+        assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32)), backend
+    x = torch.randn(GEMV_MAX_TOKENS + 9, k, generator=torch.Generator().manual_seed(5))
+    want = x.double() @ torch.from_numpy(ref).double().T
+    assert _rel_err(gemv(x[:3], padded, name, k, stride), want[:3]) < REL_TOL
+    work = work_buffer(16, k, raw.device)
+    assert _rel_err(matmul(x, padded, name, k, work=work, stride=stride), want) < REL_TOL
+
+
+def test_types_without_a_resident_stride_are_not_copied():
+    raw = torch.from_numpy(random_blocks("Q4_K", 3, 512))
+    blocks, stride = resident_copy(raw, "Q4_K", 512)
+    assert blocks is raw and stride is None
+    with pytest.raises(ValueError, match="Q6_K: a block stride of 200 bytes is not valid"):
+        dequantize(torch.zeros(2, 400, dtype=torch.uint8), "Q6_K", 512, stride=200)
+    with pytest.raises(ValueError, match="Q6_K rows of 512 values take 448 bytes, got 420"):
+        gemv(torch.zeros(1, 512), torch.zeros(2, 420, dtype=torch.uint8), "Q6_K", 512, stride=224)

@@ -75,8 +75,9 @@ def needs(
 
 
 def resident_cost(device: torch.device) -> Callable[[Unit], int]:
-    """Device bytes of a unit made resident: its blocks (CUDA), or its dequantized copy (CPU)."""
-    return (lambda u: u.raw_bytes) if device.type == "cuda" else (lambda u: u.dense_bytes)
+    """Device bytes of a unit made resident: its blocks (CUDA, Q6_K/Q3_K padded), or its dequantized copy
+    (CPU)."""
+    return (lambda u: u.device_bytes) if device.type == "cuda" else (lambda u: u.dense_bytes)
 
 
 def weight_budget(free: int, config: EngineConfig, units: list[Unit], n: Needs, cost: Callable) -> int:

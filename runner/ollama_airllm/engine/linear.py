@@ -20,6 +20,7 @@ class QWeight:
     shape: tuple[int, int]  # (rows, cols), numpy order
     work: torch.Tensor | None = None  # prefill's reused dequantization buffer [chunk_rows, cols]
     backend: str | None = None  # kernels backend: "triton" | "numpy" (None: the device's default)
+    stride: int | None = None  # bytes per block in `raw` (None: as in the file; resident Q6_K/Q3_K: padded)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor | QWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -28,6 +29,7 @@ def linear(x: torch.Tensor, w: torch.Tensor | QWeight, bias: torch.Tensor | None
         return F.linear(x, w, bias)
     rows, k = w.shape
     flat = x.reshape(-1, k)
-    y = kernels.matmul(flat, w.raw, GGMLQuantizationType(w.qtype).name, k, work=w.work, backend=w.backend)
+    name = GGMLQuantizationType(w.qtype).name
+    y = kernels.matmul(flat, w.raw, name, k, work=w.work, backend=w.backend, stride=w.stride)
     y = y.reshape(*x.shape[:-1], rows)
     return y if bias is None else y + bias.to(y.dtype)

@@ -65,7 +65,8 @@ def work_buffer_bytes(units: list[Unit], device: torch.device) -> int:
 
 @dataclass
 class Unit:
-    """A group of tensors loaded together: one repeating layer, or the head. Bytes: raw in file / dense.
+    """A group of tensors loaded together: one repeating layer, or the head. Bytes: raw in file / dense /
+    resident on a GPU (matrices in their blocks, Q6_K and Q3_K at their padded stride; the rest dense).
 
     experts: the layer's MoE expert tensors, fetched per routed expert by the ExpertStore (not loaded with
     the unit, not counted in its bytes)."""
@@ -74,6 +75,7 @@ class Unit:
     refs: dict[str, TensorRef]
     raw_bytes: int
     dense_bytes: int
+    device_bytes: int
     experts: dict[str, TensorRef] = field(default_factory=dict)
 
 
@@ -100,8 +102,17 @@ def build_units(model: GGUFModel, dtype: torch.dtype) -> list[Unit]:
         experts = {k: r for k, r in all_refs.items() if is_expert_tensor(k)}
         raw = sum(r.nbytes for r in refs.values())
         dense = sum(r.numel * itemsize for r in refs.values())
-        units.append(Unit(i, refs, raw, dense, experts))
+        device = sum(_device_bytes(r, itemsize) for r in refs.values())
+        units.append(Unit(i, refs, raw, dense, device, experts))
     return units
+
+
+def _device_bytes(r: TensorRef, itemsize: int) -> int:
+    """Bytes of `r` resident on a GPU: a block-type matrix in its blocks, at the resident stride."""
+    if not _is_matrix(r) or r.qtype in FLOAT_VIEWS:
+        return r.numel * itemsize
+    q = kernels.qtype(GGMLQuantizationType(r.qtype).name)
+    return r.nbytes // q.block_bytes * q.resident_block_bytes
 
 
 def _is_matrix(r: TensorRef) -> bool:
@@ -186,12 +197,18 @@ class WeightStore:
         """Whether matrices are blocks copied to the device (CUDA; forced on the CPU by tests)."""
         return self._staged
 
-    def qweight(self, raw: torch.Tensor, qtype: GGMLQuantizationType, shape: tuple[int, int]) -> QWeight:
-        """A QWeight over `raw` (the blocks of a [rows, cols] matrix, on the device) that dequantizes into
-        the shared work buffer with this store's kernels backend."""
+    def qweight(
+        self,
+        raw: torch.Tensor,
+        qtype: GGMLQuantizationType,
+        shape: tuple[int, int],
+        stride: int | None = None,
+    ) -> QWeight:
+        """A QWeight over `raw` (the blocks of a [rows, cols] matrix, on the device, `stride` bytes apart)
+        that dequantizes into the shared work buffer with this store's kernels backend."""
         rows, k = shape
         work = self._work[: self._chunk * k].view(self._chunk, k)
-        return QWeight(raw.view(rows, -1), qtype, (rows, k), work, self._backend)
+        return QWeight(raw.view(rows, -1), qtype, (rows, k), work, self._backend, stride)
 
     def work_bytes(self) -> int:
         """The reused dequantization buffer's bytes."""
@@ -291,7 +308,10 @@ class WeightStore:
                 out[k] = t.clone() if self.model.is_file_view(t) else t
                 continue
             if self._staged and r.qtype not in FLOAT_VIEWS:  # the blocks, on the device
-                out[k] = self.qweight(self.model.raw(r).to(self.device, copy=True), r.qtype, r.shape)
+                rows, cols = r.shape
+                raw = self.model.raw(r).to(self.device, copy=True).view(rows, -1)
+                blocks, stride = kernels.resident_copy(raw, GGMLQuantizationType(r.qtype).name, cols)
+                out[k] = self.qweight(blocks, r.qtype, r.shape, stride)
                 continue
             t = dequantize(self.model.raw(r).to(self.device), r.qtype, r.shape, self.dtype)
             out[k] = t.clone() if self.model.is_file_view(t) else t

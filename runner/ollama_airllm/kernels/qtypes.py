@@ -16,12 +16,20 @@ class QType:
     block: int
     block_bytes: int
     sub: int = 32  # values that share one decoded scale (the kernels' innermost tile dimension)
+    # bytes a block takes in a device-resident copy: block_bytes, or (Q6_K, Q3_K) rounded up to a multiple
+    # of 16 for 1/15 or less more memory, so that the GEMV's loads widen (bench/isa.py measures it)
+    resident_stride: int = 0
 
-    def row_bytes(self, k: int) -> int:
-        """Bytes of one row of `k` values; `k` must be a whole number of blocks."""
+    @property
+    def resident_block_bytes(self) -> int:
+        return self.resident_stride or self.block_bytes
+
+    def row_bytes(self, k: int, stride: int | None = None) -> int:
+        """Bytes of one row of `k` values, `stride` bytes per block (default: as in the file); `k` must be
+        a whole number of blocks."""
         if k % self.block:
             raise ValueError(f"{self.name}: a row of {k} values is not a whole number of {self.block}-blocks")
-        return k // self.block * self.block_bytes
+        return k // self.block * (stride or self.block_bytes)
 
 
 QTYPES = {
@@ -36,10 +44,10 @@ QTYPES = {
         QType("Q5_1", 6, 32, 24),
         QType("Q8_0", 7, 32, 34),
         QType("Q2_K", 8, 256, 84, 16),
-        QType("Q3_K", 9, 256, 110, 16),
+        QType("Q3_K", 9, 256, 110, 16, 112),
         QType("Q4_K", 10, 256, 144),
         QType("Q5_K", 11, 256, 176),
-        QType("Q6_K", 12, 256, 210, 16),
+        QType("Q6_K", 12, 256, 210, 16, 224),
         QType("IQ4_NL", 13, 32, 18),
         QType("IQ4_XS", 14, 256, 136),
         QType("MXFP4", 15, 32, 17),
