@@ -19,6 +19,7 @@ from ollama_airllm.devtools import llamacpp, tinymodel
 from ollama_airllm.engine import Engine, EngineConfig, SamplingParams
 from ollama_airllm.kernels import QTYPES
 
+from tests.server import compare
 from tests.server.conftest import _required_tool
 
 pytestmark = [pytest.mark.llamaserver, pytest.mark.slow]  # llama-quantize: from the llama-server build
@@ -66,17 +67,10 @@ def test_greedy_tokens_equal_transformers_on_the_same_file(quantized, ftype):
     ).eval()
     engines = [Engine.load(path, EngineConfig(device="cpu", n_ctx=64, resident_layers=n)) for n in (0, 2)]
     for prompt in PROMPTS:
-        with torch.inference_mode():
-            gen = ref_model.generate(
-                torch.tensor([prompt]), max_new_tokens=N, min_new_tokens=N, do_sample=False,
-                output_scores=True, return_dict_in_generate=True, pad_token_id=0,
-            )  # fmt: skip
-        ref = gen.sequences[0, len(prompt) :].tolist()
+        ref, scores = compare.transformers_greedy(ref_model, prompt, N)
         for eng in engines:
             ours = eng.generate(0, prompt, SamplingParams(temperature=0, n_predict=N, ignore_eos=True)).tokens
-            i = next((i for i, (a, b) in enumerate(zip(ours, ref, strict=True)) if a != b), None)
-            if i is not None:
-                top2 = gen.scores[i][0].topk(2).values
-                assert float(top2[0] - top2[1]) < EXACT_TIE, (ftype, eng.info.n_resident_layers, prompt, i)
+            what = (ftype, eng.info.n_resident_layers, prompt)
+            compare.assert_equal_but_at_a_near_tie(ours, ref, scores, EXACT_TIE, what)
     for eng in engines:
         eng.close()

@@ -29,20 +29,29 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
 
 
+def transformers_greedy(model, prompt: list[int], n: int) -> tuple[list[int], tuple]:
+    """`model`'s (transformers) `n` greedy tokens after `prompt`, and its logits at each of them."""
+    with torch.inference_mode():
+        gen = model.generate(
+            torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+            output_scores=True, return_dict_in_generate=True, pad_token_id=0,
+        )  # fmt: skip
+    return gen.sequences[0, len(prompt) :].tolist(), gen.scores
+
+
+def assert_equal_but_at_a_near_tie(ours: list[int], ref: list[int], scores, tie: float, what) -> None:
+    """ours == ref, or they part where the reference's top two logits (`scores`) are within `tie`."""
+    i = first_difference(ours, ref)
+    if i is not None:
+        top2 = scores[i][0].topk(2).values
+        assert float(top2[0] - top2[1]) < tie, (what, i, ours, ref)
+
+
 def assert_greedy_equals_transformers(model, srv, prompts: list[list[int]], n: int, tie: float, what) -> None:
     """Our greedy tokens equal `model`'s (transformers, float32), except at a near tie (< `tie`)."""
     for prompt in prompts:
-        with torch.inference_mode():
-            gen = model.generate(
-                torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                output_scores=True, return_dict_in_generate=True, pad_token_id=0,
-            )  # fmt: skip
-        ref = gen.sequences[0, len(prompt) :].tolist()
-        ours = complete(srv, prompt, n)["tokens"]
-        i = first_difference(ours, ref)
-        if i is not None:
-            top2 = gen.scores[i][0].topk(2).values
-            assert float(top2[0] - top2[1]) < tie, (what, prompt, i, ours, ref)
+        ref, scores = transformers_greedy(model, prompt, n)
+        assert_equal_but_at_a_near_tie(complete(srv, prompt, n)["tokens"], ref, scores, tie, (what, prompt))
 
 
 def router_tie(model, tokens: list[int]) -> float:
